@@ -1,0 +1,201 @@
+"""Built-in candidate sources: FAISS over SVD factors, FAISS over content embeddings, popularity."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from hybridrec.server.hookspecs import hookimpl
+from hybridrec.server.stages import CandidateSource, RequestContext, SourceResult
+
+EVENT_VERBS = {
+    "booking": "booked",
+    "start_booking": "started booking",
+    "click": "clicked",
+    "view": "viewed",
+    "rating": "rated",
+    "message": "asked about",
+    "search": "searched for",
+}
+
+
+def faiss_search(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Search `index`; returns (scores, labels) with FAISS's -1 padding left for the caller."""
+    k = max(1, min(k, index.ntotal))
+    return index.search(np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, index.d), k)
+
+
+def seen_count(ctx: RequestContext) -> int:
+    """How many results a filter may remove: ask FAISS for n + this many."""
+    return ctx.history()[0].shape[0] + ctx.context_items.shape[0] + ctx.exclude_items.shape[0]
+
+
+def user_cf_vector(ctx: RequestContext, context_weight: float) -> np.ndarray | None:
+    """The user's SVD vector, plus the folded-in factors of the request's context items.
+
+    Folding in (u = x V) is exact for training users, so session items and, later, live
+    events move the vector without retraining. None when there is nothing to go on.
+    """
+    def compute() -> np.ndarray | None:
+        model = ctx.model
+        vector = model.user_factors[ctx.user].astype(np.float32) if ctx.known_user else None
+        if ctx.context_items.shape[0] and context_weight > 0:
+            folded = context_weight * model.item_factors[ctx.context_items].sum(axis=0)
+            vector = folded if vector is None else vector + folded
+        if vector is None or not np.any(vector):
+            return None
+        return np.asarray(vector, dtype=np.float32)
+
+    return ctx.cached(f"cf_vector:{context_weight}", compute)
+
+
+class FaissCF(CandidateSource):
+    """Nearest items to the user's collaborative (SVD) vector by inner product."""
+
+    plugin_name = "faiss_cf"
+
+    @dataclass
+    class Params:
+        n: int = 200  # candidates to return
+        context_weight: float = 1.0  # weight of each context item when folded into the vector
+
+    def validate(self) -> None:
+        if self.params.n < 1:
+            raise ValueError("n must be >= 1")
+        if self.params.context_weight < 0:
+            raise ValueError("context_weight must be >= 0")
+
+    def generate(self, ctx: RequestContext) -> SourceResult | None:
+        vector = user_cf_vector(ctx, self.params.context_weight)
+        if vector is None:
+            return None
+        scores, labels = faiss_search(ctx.model.cf_index, vector, self.params.n + seen_count(ctx))
+        keep = labels[0] >= 0
+        return SourceResult(labels[0][keep].astype(np.int64), scores[0][keep])
+
+    def score(self, ctx: RequestContext, items: np.ndarray) -> np.ndarray | None:
+        vector = user_cf_vector(ctx, self.params.context_weight)
+        if vector is None:
+            return None
+        return ctx.model.item_factors[items] @ vector
+
+    def reason(self, ctx: RequestContext, item: int, anchor: int) -> str:
+        return "liked by people whose tastes match yours"
+
+
+class FaissContent(CandidateSource):
+    """Content neighbours of the user's most recent and strongest items and of context items.
+
+    A candidate's score is its best cosine similarity to a seed, scaled by how strong that
+    seed is (0.5 to 1.0), and its anchor is that seed, which the explanation names.
+    """
+
+    plugin_name = "faiss_content"
+
+    @dataclass
+    class Params:
+        n: int = 200
+        seeds: int = 10  # history items used as seeds
+        recency_half_life_days: float = 30.0  # a seed's strength halves with this age
+        context_weight: float = 2.0  # strength of a context item relative to the strongest history item
+
+    def validate(self) -> None:
+        p = self.params
+        if p.n < 1 or p.seeds < 0:
+            raise ValueError("n must be >= 1 and seeds >= 0")
+        if p.recency_half_life_days <= 0:
+            raise ValueError("recency_half_life_days must be > 0")
+        if p.context_weight < 0:
+            raise ValueError("context_weight must be >= 0")
+
+    def seeds(self, ctx: RequestContext) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(seed items, relative strengths in (0, 1], whether each came from context)."""
+        def compute() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            items, weights, stamps, _ = ctx.history()
+            p = self.params
+            if items.shape[0]:
+                age_days = (stamps.max() - stamps) / 86400.0
+                strength = weights * np.exp2(-age_days / p.recency_half_life_days)
+                top = np.argsort(-strength, kind="stable")[: p.seeds]
+                seed_items, seed_strength = items[top].astype(np.int64), strength[top].astype(np.float32)
+            else:
+                seed_items, seed_strength = np.zeros(0, np.int64), np.zeros(0, np.float32)
+            base = float(seed_strength.max()) if seed_strength.shape[0] else 1.0
+            ctx_items = ctx.context_items
+            all_items = np.concatenate([ctx_items, seed_items])
+            strength = np.concatenate([np.full(ctx_items.shape[0], p.context_weight * base, np.float32), seed_strength])
+            from_context = np.r_[np.ones(ctx_items.shape[0], bool), np.zeros(seed_items.shape[0], bool)]
+            # items without content (zero vectors) cannot seed content neighbours
+            has_content = np.any(ctx.model.item_content[all_items] != 0, axis=1) if all_items.shape[0] else np.zeros(0, bool)
+            all_items, strength, from_context = all_items[has_content], strength[has_content], from_context[has_content]
+            if strength.shape[0]:
+                strength = strength / max(float(strength.max()), 1e-12)
+            return all_items, strength, from_context
+
+        return ctx.cached(f"content_seeds:{self.name}", compute)
+
+    def generate(self, ctx: RequestContext) -> SourceResult | None:
+        seeds, _, _ = self.seeds(ctx)
+        if seeds.shape[0] == 0:
+            return None
+        per_seed = -(-self.params.n // seeds.shape[0]) + seen_count(ctx)
+        _, labels = faiss_search(ctx.model.content_index, ctx.model.item_content[seeds], per_seed)
+        found = np.unique(labels[labels >= 0]).astype(np.int64)
+        scores, anchors = self._score(ctx, found)
+        return SourceResult(found, scores, anchors)
+
+    def _score(self, ctx: RequestContext, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        seeds, strength, _ = self.seeds(ctx)
+        sims = ctx.model.item_content[items] @ ctx.model.item_content[seeds].T
+        weighted = sims * (0.5 + 0.5 * strength)[None, :]
+        best = np.argmax(weighted, axis=1)
+        return weighted[np.arange(items.shape[0]), best].astype(np.float32), seeds[best]
+
+    def score(self, ctx: RequestContext, items: np.ndarray) -> np.ndarray | None:
+        if self.seeds(ctx)[0].shape[0] == 0:
+            return None
+        return self._score(ctx, items)[0]
+
+    def reason(self, ctx: RequestContext, item: int, anchor: int) -> str:
+        if anchor < 0:
+            return "similar to items you liked"
+        title = str(ctx.model.item_titles[anchor])
+        if anchor in set(ctx.context_items.tolist()):
+            return f"similar to {title}, which you are looking at"
+        items, _, _, events = ctx.history()
+        where = np.nonzero(items == anchor)[0]
+        verb = "interacted with"
+        if where.shape[0]:
+            code = int(events[where[0]])
+            types = ctx.model.event_types
+            verb = EVENT_VERBS.get(types[code], "interacted with") if code < len(types) else verb
+        return f"similar to {title}, which you {verb}"
+
+
+class Popularity(CandidateSource):
+    """The most popular items (weighted, decayed by age): cold start and fill-up."""
+
+    plugin_name = "popularity"
+
+    @dataclass
+    class Params:
+        n: int = 100
+
+    def validate(self) -> None:
+        if self.params.n < 1:
+            raise ValueError("n must be >= 1")
+
+    def generate(self, ctx: RequestContext) -> SourceResult:
+        top = ctx.model.popular_order[: self.params.n + seen_count(ctx)]
+        return SourceResult(top, ctx.model.popularity[top].astype(np.float32))
+
+    def score(self, ctx: RequestContext, items: np.ndarray) -> np.ndarray:
+        return ctx.model.popularity[items].astype(np.float32)
+
+    def reason(self, ctx: RequestContext, item: int, anchor: int) -> str:
+        return "popular right now"
+
+
+@hookimpl
+def hybridrec_register_stages() -> list[type]:
+    return [FaissCF, FaissContent, Popularity]

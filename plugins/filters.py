@@ -1,0 +1,43 @@
+"""Built-in filters: drop what the user has seen, and what the caller excluded."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from hybridrec.server.hookspecs import hookimpl
+from hybridrec.server.stages import Candidates, Filter, RequestContext
+
+
+class ExcludeSeen(Filter):
+    """Removes items in the user's training history (and, by default, the context items)."""
+
+    plugin_name = "exclude_seen"
+
+    @dataclass
+    class Params:
+        include_context: bool = True  # also drop the request's context items
+
+    def keep(self, ctx: RequestContext, candidates: Candidates) -> np.ndarray:
+        seen = ctx.history()[0]
+        if self.params.include_context and ctx.context_items.shape[0]:
+            seen = np.concatenate([seen, ctx.context_items])
+        return ~np.isin(candidates.items, seen)
+
+
+class ExcludeRequested(Filter):
+    """Removes the items the request lists in `exclude_item_ids`."""
+
+    plugin_name = "exclude_requested"
+
+    @dataclass
+    class Params:
+        pass
+
+    def keep(self, ctx: RequestContext, candidates: Candidates) -> np.ndarray:
+        return ~np.isin(candidates.items, ctx.exclude_items)
+
+
+@hookimpl
+def hybridrec_register_stages() -> list[type]:
+    return [ExcludeSeen, ExcludeRequested]

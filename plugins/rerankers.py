@@ -1,0 +1,71 @@
+"""Built-in re-ranker: maximal marginal relevance over content-embedding similarity."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from hybridrec.server.hookspecs import hookimpl
+from hybridrec.server.stages import Candidates, RequestContext, Reranker
+
+
+class MMR(Reranker):
+    """Greedy MMR: pick argmax of lambda * relevance - (1 - lambda) * max similarity to picks.
+
+    Relevance is the scorer's final score min-max scaled over the pool; similarity is the
+    cosine of content embeddings (or SVD item factors with `similarity: cf`).
+    """
+
+    plugin_name = "mmr"
+
+    @dataclass
+    class Params:
+        lambda_weight: float = 0.7  # MMR lambda: 1.0 keeps the scorer's order, lower diversifies
+        pool: int = 50  # how many top candidates MMR chooses from
+        similarity: str = "content"
+
+    def validate(self) -> None:
+        if not 0.0 <= self.params.lambda_weight <= 1.0:
+            raise ValueError("lambda_weight must be between 0 and 1")
+        if self.params.pool < 1:
+            raise ValueError("pool must be >= 1")
+        if self.params.similarity not in ("content", "cf"):
+            raise ValueError("similarity must be one of: content, cf")
+
+    def window(self, k: int) -> int:
+        return max(k, self.params.pool)
+
+    def rerank(self, ctx: RequestContext, candidates: Candidates, ranked: np.ndarray) -> np.ndarray:
+        pool = ranked[: self.window(ctx.k)]
+        if pool.shape[0] <= 1:
+            return ranked
+        relevance = candidates.final[pool].astype(np.float64)
+        span = relevance.max() - relevance.min()
+        relevance = (relevance - relevance.min()) / span if span > 0 else np.ones_like(relevance)
+        vectors = ctx.model.item_content if self.params.similarity == "content" else ctx.model.item_factors
+        emb = vectors[candidates.items[pool]].astype(np.float64)
+        norms = np.linalg.norm(emb, axis=1, keepdims=True)
+        emb = emb / np.where(norms > 0, norms, 1.0)
+        sims = emb @ emb.T
+        lam = self.params.lambda_weight
+        chosen: list[int] = []
+        mmr_scores = np.full(len(candidates), np.nan, dtype=np.float32)
+        max_sim = np.full(pool.shape[0], -np.inf)
+        available = np.ones(pool.shape[0], dtype=bool)
+        for _ in range(min(ctx.k, pool.shape[0])):
+            penalty = np.where(np.isfinite(max_sim), max_sim, 0.0)
+            value = lam * relevance - (1.0 - lam) * penalty
+            value[~available] = -np.inf
+            best = int(np.argmax(value))
+            chosen.append(best)
+            available[best] = False
+            mmr_scores[pool[best]] = value[best]
+            max_sim = np.maximum(max_sim, sims[best])
+        candidates.stage_scores[self.name] = mmr_scores
+        rest = np.concatenate([pool[available], ranked[pool.shape[0]:]])
+        return np.concatenate([pool[chosen], rest])
+
+
+@hookimpl
+def hybridrec_register_stages() -> list[type]:
+    return [MMR]

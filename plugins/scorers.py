@@ -1,0 +1,91 @@
+"""Built-in scorer: per-source scores normalised, then blended with weights from YAML."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hybridrec.server.hookspecs import hookimpl
+from hybridrec.server.stages import Candidates, RequestContext, Scorer
+
+NORMALISERS = ("minmax", "zscore", "rank", "none")
+
+
+def normalise(column: np.ndarray, how: str) -> np.ndarray:
+    """Scale one source's scores over the request's candidates; unscored (NaN) items get 0."""
+    out = np.zeros(column.shape[0], dtype=np.float32)
+    valid = ~np.isnan(column)
+    if not valid.any():
+        return out
+    values = column[valid].astype(np.float64)
+    if how == "minmax":
+        span = values.max() - values.min()
+        scaled = (values - values.min()) / span if span > 0 else np.ones_like(values)
+    elif how == "zscore":
+        std = values.std()
+        # shifted so unscored items (0) rank below every scored one
+        scaled = (values - values.mean()) / std if std > 0 else np.zeros_like(values)
+        scaled = scaled - scaled.min() + 1.0
+    elif how == "rank":
+        order = np.argsort(np.argsort(values, kind="stable"), kind="stable")
+        scaled = (order + 1) / values.shape[0]
+    else:
+        scaled = values
+    out[valid] = scaled
+    return out
+
+
+class WeightedHybrid(Scorer):
+    """final = sum_s w_s * norm(score_s) / sum of the weights of the sources present.
+
+    A source is missing for a request when it could not run (CF for a new user, content
+    with no seeds); its weight is dropped and the others are renormalised. When no weighted
+    source is present, the `fallback` source (popularity) ranks alone.
+    """
+
+    plugin_name = "weighted_hybrid"
+
+    @dataclass
+    class Params:
+        weights: dict = field(default_factory=lambda: {"cf": 0.6, "content": 0.4})
+        normalise: str = "minmax"
+        fallback: str = "popularity"
+
+    def validate(self) -> None:
+        if self.params.normalise not in NORMALISERS:
+            raise ValueError(f"normalise {self.params.normalise!r} is not one of: {', '.join(NORMALISERS)}")
+        for source, weight in self.params.weights.items():
+            if not isinstance(weight, (int, float)) or isinstance(weight, bool) or weight < 0:
+                raise ValueError(f"weights.{source} must be a number >= 0, got {weight!r}")
+        if not any(w > 0 for w in self.params.weights.values()):
+            raise ValueError("weights: at least one weight must be > 0")
+
+    def check_pipeline(self, pipeline) -> None:
+        names = [s.name for s in pipeline.sources]
+        for source in [*self.params.weights, self.params.fallback]:
+            if source not in names:
+                raise ValueError(f"names source {source!r}, which is not a candidates stage of this "
+                                 f"pipeline; valid choices: {', '.join(names)}")
+
+    def score(self, ctx: RequestContext, candidates: Candidates) -> None:
+        how = self.params.normalise
+        candidates.normalised = {name: normalise(col, how) for name, col in candidates.scores.items()}
+        present = {
+            name: float(w) for name, w in self.params.weights.items()
+            if w > 0 and name in candidates.scores and not np.isnan(candidates.scores[name]).all()
+        }
+        if not present and self.params.fallback in candidates.normalised:
+            present = {self.params.fallback: 1.0}
+        total = sum(present.values()) or 1.0
+        final = np.zeros(len(candidates), dtype=np.float32)
+        for name, weight in present.items():
+            contribution = (weight / total) * candidates.normalised[name]
+            candidates.contributions[name] = contribution
+            final += contribution
+        candidates.final = final
+        candidates.stage_scores[self.name] = final
+
+
+@hookimpl
+def hybridrec_register_stages() -> list[type]:
+    return [WeightedHybrid]

@@ -1,0 +1,223 @@
+"""The `hybridrec` command: train, serve, demo, recommend, similar, info, demo-data, convert-movielens."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .config import BUILTIN_CONFIG_DIR
+from .errors import HybridrecError
+
+DEFAULT_CONFIG = BUILTIN_CONFIG_DIR / "default.yaml"
+DEFAULT_TARGET = "127.0.0.1:50051"
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .config import load_training_config
+    from .training import train
+
+    config = load_training_config(args.config)
+    manifest = train(args.events, args.items, config, args.out, args.config)
+    counts = manifest["counts"]
+    print(f"trained model {manifest['model_version']}: {counts['users']} users, {counts['items']} items, "
+          f"{counts['interactions']} interactions -> {args.out}")
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .app import serve
+
+    serve(args.model, args.config, host=args.host, port=args.port, max_workers=args.threads)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    """Build the demo dataset and model if absent, then serve it."""
+    from .app import serve
+    from .bundle import MANIFEST
+    from .config import load_training_config
+    from .demo_data import generate
+    from .training import train
+
+    root = Path(args.dir)
+    data_dir, model_dir = root / "data", root / "model"
+    if not (data_dir / "events.csv").is_file():
+        logging.getLogger("hybridrec").info("writing demo data to %s", data_dir)
+        generate(data_dir)
+    if not (model_dir / MANIFEST).is_file():
+        train(data_dir / "events.csv", data_dir / "items.csv", load_training_config(args.config), model_dir, args.config)
+    print(f"demo model in {model_dir}; serving on {args.host}:{args.port} "
+          f"(try: hybridrec recommend --user u-00001 -k 10 --explain)", flush=True)
+    serve(model_dir, args.config, host=args.host, port=args.port, max_workers=args.threads)
+    return 0
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(header, widths)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def _cmd_recommend(args: argparse.Namespace) -> int:
+    from hybridrec.clients import RecommenderClient
+
+    with RecommenderClient(args.target, timeout=args.timeout) as client:
+        result = client.recommend(args.user, args.k, context_items=args.context or (), exclude=args.exclude or (),
+                                  pipeline=args.pipeline, explain=args.explain)
+    header = ["rank", "item_id", "score"] + (["sources", "reason"] if args.explain else [])
+    rows = []
+    for rank, item in enumerate(result.items, start=1):
+        row = [str(rank), item.item_id, f"{item.score:.4f}"]
+        if args.explain:
+            row += [" ".join(f"{k}={v:.2f}" for k, v in sorted(item.source_scores.items())), item.reason]
+        rows.append(row)
+    print(_table(rows, header))
+    notes = [f"model {result.model_version}", f"pipeline {result.pipeline}"]
+    if result.cold_start:
+        notes.append("cold start (unknown user)")
+    if result.degraded_stages:
+        notes.append("degraded: " + ", ".join(result.degraded_stages))
+    print("; ".join(notes))
+    return 0
+
+
+def _cmd_similar(args: argparse.Namespace) -> int:
+    from hybridrec.clients import RecommenderClient
+
+    with RecommenderClient(args.target, timeout=args.timeout) as client:
+        items = client.similar_items(args.item, args.k)
+    print(_table([[str(i), it.item_id, f"{it.score:.4f}"] for i, it in enumerate(items, 1)], ["rank", "item_id", "score"]))
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from hybridrec.clients import RecommenderClient
+
+    with RecommenderClient(args.target, timeout=args.timeout) as client:
+        info = client.model_info()
+    print(f"model {info.model_version} (created {info.created_at}, format {info.format_version}): "
+          f"{info.num_users} users, {info.num_items} items, {info.num_interactions} interactions; max_k {info.max_k}")
+    for p in info.pipelines:
+        stages = " -> ".join(f"{s.kind}:{s.name}" + (f"[{s.plugin}]" if s.plugin != s.name else "") for s in p.stages)
+        print(f"  {p.name}{' (default)' if p.is_default else ''}: {stages}")
+    return 0
+
+
+def _cmd_demo_data(args: argparse.Namespace) -> int:
+    from .demo_data import generate
+
+    paths = generate(args.out, n_users=args.users, n_items=args.items, n_events=args.events, seed=args.seed)
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def _cmd_convert_movielens(args: argparse.Namespace) -> int:
+    from .movielens import convert
+
+    paths = convert(args.src, args.out)
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hybridrec", description="Hybrid recommendation model server.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a model bundle from events and items")
+    p.add_argument("--events", required=True, type=Path, help="events CSV: user_id,item_id,event_type,timestamp[,value]")
+    p.add_argument("--items", required=True, type=Path, help="items CSV: item_id plus text fields")
+    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="YAML config (its training: section)")
+    p.add_argument("--out", required=True, type=Path, help="model bundle directory to write")
+    p.set_defaults(func=_cmd_train)
+
+    def server_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="YAML config (server: and pipelines:)")
+        p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for all)")
+        p.add_argument("--port", type=int, default=50051)
+        p.add_argument("--threads", type=_positive, default=8, help="request handler threads")
+
+    p = sub.add_parser("serve", help="serve a model bundle over gRPC")
+    p.add_argument("--model", required=True, type=Path)
+    server_args(p)
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("demo", help="build the demo data and model if absent, then serve them")
+    p.add_argument("--dir", type=Path, default=Path(".hybridrec/demo"), help="where demo data and model live")
+    server_args(p)
+    p.set_defaults(func=_cmd_demo)
+
+    def client_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--target", default=DEFAULT_TARGET, help="server address host:port")
+        p.add_argument("--timeout", type=float, default=5.0, help="seconds")
+        p.add_argument("-k", type=_positive, default=10, help="how many items")
+
+    p = sub.add_parser("recommend", help="ask a running server for recommendations")
+    p.add_argument("--user", default="", help="user id (empty or unknown: cold start)")
+    p.add_argument("--context", nargs="*", metavar="ITEM", help="items the user is looking at now")
+    p.add_argument("--exclude", nargs="*", metavar="ITEM", help="items not to return")
+    p.add_argument("--pipeline", default="", help="pipeline name (default: the server's default)")
+    p.add_argument("--explain", action="store_true", help="show per-source scores and reasons")
+    client_args(p)
+    p.set_defaults(func=_cmd_recommend)
+
+    p = sub.add_parser("similar", help="items similar to an item, from a running server")
+    p.add_argument("--item", required=True)
+    client_args(p)
+    p.set_defaults(func=_cmd_similar)
+
+    p = sub.add_parser("info", help="what a running server serves")
+    p.add_argument("--target", default=DEFAULT_TARGET)
+    p.add_argument("--timeout", type=float, default=5.0)
+    p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("demo-data", help="write a synthetic learning-marketplace dataset")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--users", type=_positive, default=1000)
+    p.add_argument("--items", type=_positive, default=500)
+    p.add_argument("--events", type=_positive, default=20000)
+    p.add_argument("--seed", type=int, default=7)
+    p.set_defaults(func=_cmd_demo_data)
+
+    p = sub.add_parser("convert-movielens", help="convert MovieLens 100K or latest-small to events/items CSV")
+    p.add_argument("--src", required=True, type=Path, help="folder with u.data or ratings.csv")
+    p.add_argument("--out", required=True, type=Path)
+    p.set_defaults(func=_cmd_convert_movielens)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: exit 0 on success, 1 with a one-line reason on any error."""
+    import grpc
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    logging.getLogger("faiss").setLevel(logging.WARNING)  # its import logs which SIMD build loaded
+    try:
+        return args.func(args)
+    except HybridrecError as exc:
+        print(f"hybridrec {args.command}: error: {exc}", file=sys.stderr)
+    except grpc.RpcError as exc:
+        print(f"hybridrec {args.command}: error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+    except (ValueError, OSError) as exc:
+        print(f"hybridrec {args.command}: error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"hybridrec {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

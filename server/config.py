@@ -1,0 +1,195 @@
+"""Reading the YAML config file: a `training:` section for `hybridrec train`, and
+`server:` plus `pipelines:` sections for `hybridrec serve`. One file may hold all three."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
+    "booking": 1.0,
+    "start_booking": 1.0,
+    "click": 0.2,
+    "view": 0.05,
+    "message": 0.3,
+    "search": 0.05,
+    "rating": 0.5,
+}
+
+BUILTIN_CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Parse a YAML mapping, with errors that name the file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return data
+
+
+def fingerprint(obj: Any) -> str:
+    """A stable sha256 of a JSON-able object."""
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+@dataclass
+class EventsConfig:
+    """How raw events become interaction strengths."""
+
+    weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))
+    unknown_event_type: str = "default_weight"  # or "reject"
+    default_weight: float = 0.1
+    # Event types whose `value` column scales the weight: weight * value / scale.
+    value_scaled: dict[str, float] = field(default_factory=lambda: {"rating": 5.0})
+    # How summed weights become matrix entries: "none" or "log1p".
+    transform: str = "none"
+
+
+@dataclass
+class CollaborativeConfig:
+    """TruncatedSVD over the user x item matrix and the FAISS index over item factors."""
+
+    components: int = 64
+    n_iter: int = 7
+    index: str = "Flat"
+
+
+@dataclass
+class ContentConfig:
+    """Item content embeddings: TF-IDF over text fields, or a column of given vectors."""
+
+    text_fields: list[str] = field(default_factory=lambda: ["title", "description", "category", "tags"])
+    embedding_column: str | None = None
+    dims: int = 64
+    max_features: int = 50000
+    index: str = "Flat"
+
+
+@dataclass
+class PopularityConfig:
+    """Weighted popularity for cold start; decayed by age when half_life_days is set."""
+
+    half_life_days: float | None = 30.0
+
+
+@dataclass
+class TrainingConfig:
+    """The `training:` section."""
+
+    seed: int = 42
+    events: EventsConfig = field(default_factory=EventsConfig)
+    collaborative: CollaborativeConfig = field(default_factory=CollaborativeConfig)
+    content: ContentConfig = field(default_factory=ContentConfig)
+    popularity: PopularityConfig = field(default_factory=PopularityConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _check_type(value: Any, annotation: Any) -> bool:
+    text = str(annotation)
+    if value is None:
+        return "None" in text
+    if text.startswith("int"):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if text.startswith("float"):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if text.startswith("str"):
+        return isinstance(value, str)
+    if text.startswith("bool"):
+        return isinstance(value, bool)
+    if text.startswith("list"):
+        return isinstance(value, list)
+    if text.startswith("dict"):
+        return isinstance(value, dict)
+    return True
+
+
+def build_dataclass(cls: type, data: Any, where: str) -> Any:
+    """Build dataclass `cls` from a mapping, naming `where` and the valid keys on error.
+
+    Nested dataclass fields are built recursively; scalar types are checked.
+    """
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key {unknown[0]!r}; valid keys: {', '.join(sorted(fields))}"
+        )
+    required = [
+        f.name for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    absent = [name for name in required if name not in data]
+    if absent:
+        raise ConfigError(f"{where}: missing required key {absent[0]!r}")
+    kwargs: dict[str, Any] = {}
+    hints = {f.name: f.type for f in dataclasses.fields(cls)}
+    for name, value in data.items():
+        annotation = hints[name]
+        nested = _nested_dataclass(cls, name)
+        if nested is not None:
+            kwargs[name] = build_dataclass(nested, value, f"{where}.{name}")
+            continue
+        if not _check_type(value, annotation):
+            raise ConfigError(
+                f"{where}.{name}: expected {annotation}, got {value!r}"
+            )
+        if str(annotation).startswith("float") and isinstance(value, int):
+            value = float(value)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _nested_dataclass(cls: type, name: str) -> type | None:
+    default = next(f for f in dataclasses.fields(cls) if f.name == name).default_factory
+    if default is dataclasses.MISSING:
+        return None
+    sample = default()
+    return type(sample) if dataclasses.is_dataclass(sample) else None
+
+
+def load_training_config(path: str | Path | None) -> TrainingConfig:
+    """The `training:` section of `path` (defaults when absent), validated."""
+    if path is None:
+        return TrainingConfig()
+    data = load_yaml(path)
+    config = build_dataclass(TrainingConfig, data.get("training"), f"{path}: training")
+    events = config.events
+    if events.unknown_event_type not in ("default_weight", "reject"):
+        raise ConfigError(
+            f"{path}: training.events.unknown_event_type: {events.unknown_event_type!r} is not one "
+            "of: default_weight, reject"
+        )
+    if events.transform not in ("none", "log1p"):
+        raise ConfigError(f"{path}: training.events.transform: {events.transform!r} is not one of: none, log1p")
+    for name, weight in events.weights.items():
+        if not isinstance(weight, (int, float)) or weight < 0:
+            raise ConfigError(f"{path}: training.events.weights.{name}: must be a number >= 0, got {weight!r}")
+    if config.collaborative.components < 1:
+        raise ConfigError(f"{path}: training.collaborative.components: must be >= 1")
+    if config.content.dims < 1:
+        raise ConfigError(f"{path}: training.content.dims: must be >= 1")
+    return config

@@ -1,0 +1,176 @@
+"""The Recommender gRPC servicer: validates requests, runs a pipeline, builds responses."""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+
+from hybridrec.v1 import recommender_pb2 as pb
+from hybridrec.v1 import recommender_pb2_grpc as pb_grpc
+
+from .bundle import Model
+from .errors import InvalidArgument, NotFound
+from .pipeline import PipelineResult, ServingConfig
+from .stages import RequestContext
+
+log = logging.getLogger("hybridrec")
+
+MAX_ID_LIST = 1000  # context and exclude lists longer than this are refused
+
+
+@dataclass(frozen=True)
+class ServingState:
+    """What one request reads: a model and the pipelines. Replaced whole, never mutated."""
+
+    model: Model
+    config: ServingConfig
+
+
+def item_indices(model: Model, ids: list[str], field: str) -> np.ndarray:
+    """Indices of the known ids (unknown ones are ignored: they cannot be recommended anyway)."""
+    if len(ids) > MAX_ID_LIST:
+        raise InvalidArgument(f"{field}: at most {MAX_ID_LIST} ids, got {len(ids)}")
+    index = model.item_index
+    return np.fromiter((index[i] for i in ids if i in index), dtype=np.int64)
+
+
+def check_k(k: int, max_k: int) -> None:
+    if k < 1 or k > max_k:
+        raise InvalidArgument(f"k must be between 1 and {max_k} (the server's max_k); got {k}")
+
+
+class RecommenderService(pb_grpc.RecommenderServicer):
+    """Implements hybridrec.v1.Recommender over a swappable ServingState."""
+
+    def __init__(self, state: ServingState) -> None:
+        self._state = state
+        self._lock = threading.Lock()
+
+    @property
+    def state(self) -> ServingState:
+        return self._state
+
+    def swap(self, state: ServingState) -> None:
+        """Replace model and pipelines atomically; requests in flight keep the old state."""
+        with self._lock:
+            self._state = state
+
+    def recommend(self, request: pb.RecommendRequest, deadline: float | None = None) -> tuple[PipelineResult, RequestContext, str]:
+        """Run a request in-process (the servicer and offline evaluation share this path)."""
+        state = self._state
+        config = state.config
+        check_k(request.k, config.max_k)
+        name = request.pipeline or config.default_pipeline
+        pipeline = config.pipelines.get(name)
+        if pipeline is None:
+            raise InvalidArgument(f"pipeline: unknown pipeline {name!r}; available: {', '.join(config.pipelines)}")
+        model = state.model
+        ctx = RequestContext(
+            model=model,
+            user_id=request.user_id,
+            user=model.user_index.get(request.user_id, -1) if request.user_id else -1,
+            k=request.k,
+            context_items=item_indices(model, list(request.context_item_ids), "context_item_ids"),
+            exclude_items=item_indices(model, list(request.exclude_item_ids), "exclude_item_ids"),
+            explain=request.explain,
+            deadline=deadline,
+        )
+        return pipeline.run(ctx), ctx, name
+
+    def Recommend(self, request: pb.RecommendRequest, context: grpc.ServicerContext) -> pb.RecommendResponse:
+        remaining = context.time_remaining()
+        deadline = time.monotonic() + remaining if remaining is not None else None
+        result, ctx, name = self.recommend(request, deadline)
+        cands = result.candidates
+        items = []
+        for pos in result.ranked.tolist():
+            item = pb.ScoredItem(item_id=str(ctx.model.item_ids[cands.items[pos]]), score=float(cands.final[pos]))
+            if request.explain:
+                item.explanation.CopyFrom(explain(ctx, result, pos))
+            items.append(item)
+        return pb.RecommendResponse(
+            items=items,
+            model_version=ctx.model.version,
+            pipeline=name,
+            degraded_stages=result.degraded,
+            cold_start=not ctx.known_user,
+        )
+
+    def SimilarItems(self, request: pb.SimilarItemsRequest, context: grpc.ServicerContext) -> pb.SimilarItemsResponse:
+        state = self._state
+        if not request.item_id:
+            raise InvalidArgument("item_id: required")
+        check_k(request.k, state.config.max_k)
+        model = state.model
+        index = model.item_index.get(request.item_id)
+        if index is None:
+            raise NotFound(f"item_id: unknown item {request.item_id!r}")
+        items, scores = similar_items(model, index, request.k)
+        return pb.SimilarItemsResponse(
+            items=[pb.ScoredItem(item_id=str(model.item_ids[i]), score=float(s)) for i, s in zip(items, scores)],
+            model_version=model.version,
+        )
+
+    def GetModelInfo(self, request: pb.GetModelInfoRequest, context: grpc.ServicerContext) -> pb.ModelInfo:
+        state = self._state
+        model, config = state.model, state.config
+        pipelines = []
+        for name, pipeline in config.pipelines.items():
+            stages = [
+                pb.StageInfo(kind=s.kind, name=s.name, plugin=s.plugin_name,
+                             params_json=json.dumps(s.describe(), sort_keys=True))
+                for s in pipeline.stages()
+            ]
+            pipelines.append(pb.PipelineInfo(name=name, stages=stages, is_default=name == config.default_pipeline))
+        counts = model.manifest.get("counts", {})
+        return pb.ModelInfo(
+            model_version=model.version,
+            created_at=str(model.manifest.get("created_at", "")),
+            num_users=model.num_users,
+            num_items=model.num_items,
+            num_interactions=int(counts.get("interactions", 0)),
+            pipelines=pipelines,
+            default_pipeline=config.default_pipeline,
+            max_k=config.max_k,
+            format_version=int(model.manifest.get("format_version", 0)),
+        )
+
+
+def similar_items(model: Model, item: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Content neighbours of `item` (itself excluded); SVD item factors when it has no content."""
+    vector = model.item_content[item]
+    if np.any(vector):
+        scores, labels = model.content_index.search(vector.reshape(1, -1).astype(np.float32), min(k + 1, model.num_items))
+        scores, labels = scores[0], labels[0]
+    else:
+        factors = model.item_factors
+        norms = np.linalg.norm(factors, axis=1)
+        sims = factors @ factors[item] / np.maximum(norms * norms[item], 1e-12)
+        labels = np.argsort(-sims, kind="stable")[: k + 1]
+        scores = sims[labels]
+    keep = (labels >= 0) & (labels != item)
+    return labels[keep][:k].astype(np.int64), scores[keep][:k]
+
+
+def explain(ctx: RequestContext, result: PipelineResult, pos: int) -> pb.Explanation:
+    """Per-source normalised scores, per-stage scores and a reason from the top contributor."""
+    cands = result.candidates
+    source_scores = {}
+    columns = cands.normalised or cands.scores
+    for name, column in columns.items():
+        if not np.isnan(cands.scores[name][pos]):
+            source_scores[name] = float(column[pos])
+    stage_scores = {name: float(col[pos]) for name, col in cands.stage_scores.items() if not np.isnan(col[pos])}
+    weights = cands.contributions or {n: c for n, c in columns.items()}
+    reason = ""
+    best = max(((float(col[pos]), name) for name, col in weights.items() if not np.isnan(col[pos])), default=None)
+    if best is not None and best[1] in result.sources:
+        name = best[1]
+        anchor = int(cands.anchors[name][pos]) if name in cands.anchors else -1
+        reason = result.sources[name].reason(ctx, int(cands.items[pos]), anchor)
+    return pb.Explanation(source_scores=source_scores, stage_scores=stage_scores, reason=reason)

@@ -1,0 +1,187 @@
+"""The data that flows through a pipeline, and the base classes of its stages.
+
+Candidates travel as columns: one int64 array of item indices plus one float32 score
+array per source (NaN where that source has not judged the item), so per-request work
+is vectorised numpy over candidates.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .bundle import Model
+
+
+@dataclass
+class RequestContext:
+    """Everything a stage may read about one request. Stages must not mutate it."""
+
+    model: Model
+    user_id: str
+    user: int  # row in the model, -1 when unknown
+    k: int
+    context_items: np.ndarray  # int64 item indices from the request
+    exclude_items: np.ndarray  # int64 item indices the caller excluded
+    explain: bool = False
+    deadline: float | None = None
+    _cache: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def known_user(self) -> bool:
+        return self.user >= 0
+
+    def history(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(items, weights, last timestamps, strongest event codes); empty for unknown users."""
+        if "history" not in self._cache:
+            if self.user >= 0:
+                self._cache["history"] = self.model.history(self.user)
+            else:
+                empty = np.zeros(0, dtype=np.int64)
+                self._cache["history"] = (empty, empty.astype(np.float32), empty, empty.astype(np.int16))
+        return self._cache["history"]
+
+    def cached(self, key: str, compute: Any) -> Any:
+        """Memoise a per-request value shared between stages (e.g. the user's CF vector)."""
+        if key not in self._cache:
+            self._cache[key] = compute()
+        return self._cache[key]
+
+
+@dataclass
+class SourceResult:
+    """What a candidate source returns: items, their scores and optional anchors."""
+
+    items: np.ndarray  # int64
+    scores: np.ndarray  # float32, higher is better
+    anchors: np.ndarray | None = None  # int64 item that led to each candidate, -1 for none
+
+
+@dataclass
+class Candidates:
+    """The candidate set of one request, as aligned columns."""
+
+    items: np.ndarray
+    scores: dict[str, np.ndarray]
+    anchors: dict[str, np.ndarray] = field(default_factory=dict)
+    stage_scores: dict[str, np.ndarray] = field(default_factory=dict)
+    normalised: dict[str, np.ndarray] = field(default_factory=dict)
+    contributions: dict[str, np.ndarray] = field(default_factory=dict)
+    final: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return int(self.items.shape[0])
+
+    def select(self, keep: np.ndarray) -> "Candidates":
+        """A new candidate set restricted to `keep` (a boolean mask or index array)."""
+        return Candidates(
+            items=self.items[keep],
+            scores={k: v[keep] for k, v in self.scores.items()},
+            anchors={k: v[keep] for k, v in self.anchors.items()},
+            stage_scores={k: v[keep] for k, v in self.stage_scores.items()},
+            normalised={k: v[keep] for k, v in self.normalised.items()},
+            contributions={k: v[keep] for k, v in self.contributions.items()},
+            final=None if self.final is None else self.final[keep],
+        )
+
+    @classmethod
+    def merge(cls, results: dict[str, SourceResult]) -> "Candidates":
+        """Union of several sources; an item found by two sources carries both scores."""
+        if not results:
+            return cls(items=np.zeros(0, dtype=np.int64), scores={})
+        union, inverse = np.unique(np.concatenate([r.items for r in results.values()]), return_inverse=True)
+        scores: dict[str, np.ndarray] = {}
+        anchors: dict[str, np.ndarray] = {}
+        offset = 0
+        for name, result in results.items():
+            n = result.items.shape[0]
+            pos = inverse[offset:offset + n]
+            offset += n
+            column = np.full(union.shape[0], np.nan, dtype=np.float32)
+            column[pos] = result.scores
+            scores[name] = column
+            if result.anchors is not None:
+                anchor = np.full(union.shape[0], -1, dtype=np.int64)
+                anchor[pos] = result.anchors
+                anchors[name] = anchor
+        return cls(items=union.astype(np.int64), scores=scores, anchors=anchors)
+
+
+class Stage:
+    """Base of every stage. Subclasses set `plugin_name`, `kind` and a `Params` dataclass."""
+
+    plugin_name: ClassVar[str] = ""
+    kind: ClassVar[str] = ""
+
+    @dataclass
+    class Params:
+        pass
+
+    def __init__(self, name: str, params: Any) -> None:
+        self.name = name
+        self.params = params
+
+    def validate(self) -> None:
+        """Check parameter values; raise ValueError with a message naming the parameter."""
+
+    def describe(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.params)
+
+
+class CandidateSource(Stage):
+    """Finds candidate items. `generate` returns None when it cannot serve this request
+    (e.g. CF for an unknown user): the scorer then treats the source as missing."""
+
+    kind = "candidates"
+
+    def generate(self, ctx: RequestContext) -> SourceResult | None:
+        raise NotImplementedError
+
+    def score(self, ctx: RequestContext, items: np.ndarray) -> np.ndarray | None:
+        """Scores of arbitrary items (to complete candidates other sources found), or None."""
+        return None
+
+    def reason(self, ctx: RequestContext, item: int, anchor: int) -> str:
+        """A short reason for recommending `item` when this source contributed most."""
+        return f"found by {self.name}"
+
+
+class Filter(Stage):
+    """Removes candidates: returns a boolean mask of those to keep."""
+
+    kind = "filter"
+
+    def keep(self, ctx: RequestContext, candidates: Candidates) -> np.ndarray:
+        raise NotImplementedError
+
+
+class Scorer(Stage):
+    """Combines the per-source columns into `candidates.final` (higher is better)."""
+
+    kind = "scorer"
+
+    def score(self, ctx: RequestContext, candidates: Candidates) -> None:
+        raise NotImplementedError
+
+
+class Reranker(Stage):
+    """Reorders the ranked candidates: takes and returns an array of positions into candidates."""
+
+    kind = "reranker"
+
+    def rerank(self, ctx: RequestContext, candidates: Candidates, ranked: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def window(self, k: int) -> int:
+        """How many top-ranked candidates this re-ranker wants to see to choose k."""
+        return k
+
+
+STAGE_KINDS: dict[str, type[Stage]] = {
+    "candidates": CandidateSource,
+    "filter": Filter,
+    "scorer": Scorer,
+    "reranker": Reranker,
+}

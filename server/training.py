@@ -1,0 +1,220 @@
+"""`hybridrec train`: events + items -> a model bundle.
+
+Steps: read and weight events; aggregate per (user, item) into a sparse matrix; TruncatedSVD
+for collaborative factors; TF-IDF (or given vectors) for content embeddings; decayed
+popularity; FAISS indexes; save.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import scipy.sparse as sp
+from sklearn.decomposition import TruncatedSVD
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.preprocessing import normalize
+
+from . import bundle
+from .config import TrainingConfig, fingerprint
+from .data import Catalogue, EventLog, parse_vectors, read_catalogue, read_events
+from .errors import ConfigError, DataError
+from .progress import Steps
+
+log = logging.getLogger("hybridrec")
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def build_item_space(events: EventLog, catalogue: Catalogue) -> tuple[list[str], np.ndarray]:
+    """Catalogue items first, then items seen only in events; returns ids and each event's item index."""
+    ids = list(catalogue.item_ids)
+    index = {item: i for i, item in enumerate(ids)}
+    extra = 0
+    for item in events.item_ids:
+        if item not in index:
+            index[item] = len(ids)
+            ids.append(item)
+            extra += 1
+    if extra:
+        log.warning("%d items occur in events but not in the catalogue; they get empty content", extra)
+    catalogue.report["items_only_in_events"] = extra
+    remap = np.fromiter((index[item] for item in events.item_ids), dtype=np.int64, count=len(events.item_ids))
+    return ids, remap[events.items]
+
+
+def interaction_matrix(users: np.ndarray, items: np.ndarray, weights: np.ndarray,
+                       shape: tuple[int, int], transform: str) -> sp.csr_matrix:
+    """Sum event weights per (user, item) into CSR; duplicates are summed by scipy."""
+    matrix = sp.csr_matrix((weights.astype(np.float32), (users, items)), shape=shape, dtype=np.float32)
+    matrix.sum_duplicates()
+    if transform == "log1p":
+        matrix.data = np.log1p(matrix.data)
+    return matrix
+
+
+def collaborative_factors(matrix: sp.csr_matrix, components: int, n_iter: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """User factors U*Sigma and item factors V, so that user . item approximates the matrix."""
+    limit = min(matrix.shape) - 1
+    if limit < 1:
+        raise DataError("need at least 2 users and 2 items for collaborative factors")
+    if components > limit:
+        log.warning("collaborative.components %d > %d allowed by the data; using %d", components, limit, limit)
+        components = limit
+    svd = TruncatedSVD(n_components=components, n_iter=n_iter, random_state=seed)
+    user_factors = svd.fit_transform(matrix).astype(np.float32)
+    item_factors = np.ascontiguousarray(svd.components_.T, dtype=np.float32)
+    log.info("TruncatedSVD: %d components explain %.1f%% of variance", components,
+             100 * float(svd.explained_variance_ratio_.sum()))
+    return user_factors, item_factors
+
+
+def content_embeddings(catalogue: Catalogue, n_items: int, fields: list[str], dims: int,
+                       max_features: int, embedding_column: str | None, seed: int) -> np.ndarray:
+    """L2-normalised dense item vectors. Items only in events (no text) get zero vectors."""
+    n_cat = len(catalogue.item_ids)
+    if embedding_column:
+        given = parse_vectors(catalogue.columns[embedding_column], embedding_column, catalogue.item_ids)
+        out = np.zeros((n_items, given.shape[1]), dtype=np.float32)
+        out[:n_cat] = normalize(given)
+        return out
+    present = [f for f in fields if f in catalogue.columns]
+    if not present:
+        raise DataError(f"items: none of the text fields {fields} is a column of the items file")
+    docs = [" ".join(catalogue.columns[f][i].replace("|", " ") for f in present) for i in range(n_cat)]
+    docs += [""] * (n_items - n_cat)
+    vectorizer = TfidfVectorizer(sublinear_tf=True, max_features=max_features, stop_words="english",
+                                 token_pattern=r"(?u)\b[\w'-]+\b", dtype=np.float32)
+    try:
+        tfidf = vectorizer.fit_transform(docs)
+    except ValueError as exc:  # empty vocabulary
+        raise DataError(f"items: cannot build TF-IDF from fields {present}: {exc}") from None
+    limit = min(tfidf.shape) - 1
+    if limit >= dims and limit >= 2:
+        dense = TruncatedSVD(n_components=dims, n_iter=7, random_state=seed).fit_transform(tfidf)
+    elif tfidf.shape[1] <= dims:
+        dense = tfidf.toarray()
+    else:
+        dense = TruncatedSVD(n_components=max(1, limit), n_iter=7, random_state=seed).fit_transform(tfidf)
+    return normalize(dense).astype(np.float32)
+
+
+def popularity_scores(items: np.ndarray, weights: np.ndarray, timestamps: np.ndarray,
+                      n_items: int, half_life_days: float | None) -> np.ndarray:
+    """Weighted popularity in [0, 1], decayed exponentially by age when a half-life is set."""
+    w = weights.astype(np.float64)
+    if half_life_days:
+        age_days = (timestamps.max() - timestamps) / 86400.0
+        w = w * np.exp2(-age_days / half_life_days)
+    pop = np.bincount(items, weights=w, minlength=n_items)
+    top = pop.max()
+    return (pop / top if top > 0 else pop).astype(np.float32)
+
+
+def build_index(vectors: np.ndarray, factory: str, what: str) -> Any:
+    """A FAISS inner-product index from a factory string, trained if the type needs it."""
+    try:
+        index = faiss.index_factory(vectors.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError:
+        raise ConfigError(f"training.{what}.index: {factory!r} is not a valid FAISS index factory string") from None
+    data = np.ascontiguousarray(vectors, dtype=np.float32)
+    if not index.is_trained:
+        index.train(data)
+    index.add(data)
+    return index
+
+
+def user_histories(matrix: sp.csr_matrix, users: np.ndarray, items: np.ndarray,
+                   timestamps: np.ndarray, event_codes: np.ndarray, event_weights: np.ndarray) -> dict[str, np.ndarray]:
+    """Per user: items, summed weights, last timestamp and strongest event type, as CSR arrays.
+
+    The CSR matrix after `sum_duplicates` lists (user, item) pairs in sorted key order, so a
+    group-by over events sorted by the same key lines up with it entry for entry.
+    """
+    key = users * matrix.shape[1] + items
+
+    def last_of_group(*sort_keys: np.ndarray) -> np.ndarray:
+        order = np.lexsort((*sort_keys, key))
+        ordered = key[order]
+        return order[np.r_[ordered[1:] != ordered[:-1], True]]
+
+    latest = last_of_group(timestamps)
+    strongest = last_of_group(timestamps, event_weights)
+    if latest.shape[0] != matrix.nnz:  # would mean the alignment above no longer holds
+        raise DataError("internal error: history does not line up with the interaction matrix")
+    return {
+        "history_indptr": matrix.indptr.astype(np.int64),
+        "history_items": matrix.indices.astype(np.int32),
+        "history_weights": matrix.data.astype(np.float32),
+        "history_last_ts": timestamps[latest].astype(np.int64),
+        "history_event": event_codes[strongest].astype(np.int16),
+    }
+
+
+def train(events_path: str | Path, items_path: str | Path, config: TrainingConfig,
+          out_dir: str | Path, config_path: str | Path | None = None) -> dict[str, Any]:
+    """Train a bundle into `out_dir`; returns its manifest."""
+    steps = Steps("train", 7)
+    with steps.step(f"reading events {events_path}"):
+        events = read_events(events_path, config.events)
+    with steps.step(f"reading items {items_path}"):
+        catalogue = read_catalogue(items_path, config.content.text_fields, config.content.embedding_column)
+        item_ids, item_of_event = build_item_space(events, catalogue)
+    n_users, n_items = len(events.user_ids), len(item_ids)
+    with steps.step(f"interaction matrix ({n_users} users x {n_items} items)"):
+        matrix = interaction_matrix(events.users, item_of_event, events.weights, (n_users, n_items),
+                                    config.events.transform)
+        histories = user_histories(matrix, events.users, item_of_event, events.timestamps,
+                                   events.event_codes, events.weights)
+    with steps.step(f"collaborative factors (TruncatedSVD, {config.collaborative.components} components)"):
+        user_factors, item_factors = collaborative_factors(
+            matrix, config.collaborative.components, config.collaborative.n_iter, config.seed)
+    with steps.step("content embeddings"):
+        content = content_embeddings(catalogue, n_items, config.content.text_fields, config.content.dims,
+                                     config.content.max_features, config.content.embedding_column, config.seed)
+        popularity = popularity_scores(item_of_event, events.weights, events.timestamps, n_items,
+                                       config.popularity.half_life_days)
+    with steps.step(f"FAISS indexes (cf: {config.collaborative.index}, content: {config.content.index})"):
+        indexes = {
+            "cf": build_index(item_factors, config.collaborative.index, "collaborative"),
+            "content": build_index(content, config.content.index, "content"),
+        }
+    titles = catalogue.columns.get("title") or []
+    titles = titles + [""] * (n_items - len(titles))
+    arrays = {
+        "user_ids": np.asarray(events.user_ids, dtype=str),
+        "item_ids": np.asarray(item_ids, dtype=str),
+        "item_titles": np.asarray([t or i for t, i in zip(titles, item_ids)], dtype=str),
+        "user_factors": user_factors,
+        "item_factors": item_factors,
+        "item_content": content,
+        "popularity": popularity,
+        **histories,
+    }
+    data_fingerprint = {"events_sha256": file_sha256(events_path), "items_sha256": file_sha256(items_path)}
+    config_dict = config.to_dict()
+    manifest = {
+        "model_version": f"{bundle.now_rfc3339()[:10]}-{fingerprint([config_dict, data_fingerprint])[:12]}",
+        "created_at": bundle.now_rfc3339(),
+        "config": config_dict,
+        "config_path": str(config_path) if config_path else None,
+        "config_sha256": fingerprint(config_dict),
+        "data": {**data_fingerprint, "events_path": str(events_path), "items_path": str(items_path),
+                 "events_report": events.report, "items_report": catalogue.report},
+        "counts": {"users": n_users, "items": n_items, "interactions": int(matrix.nnz),
+                   "events": int(events.users.shape[0])},
+        "event_types": events.event_types,
+        "dims": {"cf": int(item_factors.shape[1]), "content": int(content.shape[1])},
+    }
+    with steps.step(f"writing bundle {out_dir}"):
+        bundle.save_bundle(out_dir, arrays, indexes, manifest)
+    return manifest
