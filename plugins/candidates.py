@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import faiss
 import numpy as np
 
 from hybridrec.server.hookspecs import hookimpl
@@ -19,15 +20,31 @@ EVENT_VERBS = {
 }
 
 
-def faiss_search(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Search `index`; returns (scores, labels) with FAISS's -1 padding left for the caller."""
-    k = max(1, min(k, index.ntotal))
-    return index.search(np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, index.d), k)
+def _search_params(index, selector):
+    if isinstance(index, faiss.IndexHNSW):
+        return faiss.SearchParametersHNSW(sel=selector)
+    if isinstance(index, faiss.IndexIVF):
+        return faiss.SearchParametersIVF(sel=selector)
+    return faiss.SearchParameters(sel=selector)
 
 
-def seen_count(ctx: RequestContext) -> int:
-    """How many results a filter may remove: ask FAISS for n + this many."""
-    return ctx.history()[0].shape[0] + ctx.context_items.shape[0] + ctx.exclude_items.shape[0]
+def faiss_search(index, queries: np.ndarray, k: int, excluded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Search `index` for k results per query that are not in `excluded`.
+
+    The exclusions go into the search as a FAISS ID selector, so a heavy user's long history
+    costs a hash lookup per visited vector instead of a k + len(history) result heap. Index
+    types that do not take selectors get the k + len(excluded) over-fetch instead. Labels
+    may contain -1 padding; callers drop it.
+    """
+    queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, index.d)
+    if excluded.shape[0]:
+        inner = faiss.IDSelectorBatch(excluded)
+        selector = faiss.IDSelectorNot(inner)
+        try:
+            return index.search(queries, max(1, min(k, index.ntotal)), params=_search_params(index, selector))
+        except RuntimeError:  # e.g. an IndexPreTransform wrapper: no selector support
+            pass
+    return index.search(queries, max(1, min(k + excluded.shape[0], index.ntotal)))
 
 
 def user_cf_vector(ctx: RequestContext, context_weight: float) -> np.ndarray | None:
@@ -69,7 +86,7 @@ class FaissCF(CandidateSource):
         vector = user_cf_vector(ctx, self.params.context_weight)
         if vector is None:
             return None
-        scores, labels = faiss_search(ctx.model.cf_index, vector, self.params.n + seen_count(ctx))
+        scores, labels = faiss_search(ctx.model.cf_index, vector, self.params.n, ctx.excluded())
         keep = labels[0] >= 0
         return SourceResult(labels[0][keep].astype(np.int64), scores[0][keep])
 
@@ -138,8 +155,8 @@ class FaissContent(CandidateSource):
         seeds, _, _ = self.seeds(ctx)
         if seeds.shape[0] == 0:
             return None
-        per_seed = -(-self.params.n // seeds.shape[0]) + seen_count(ctx)
-        _, labels = faiss_search(ctx.model.content_index, ctx.model.item_content[seeds], per_seed)
+        per_seed = -(-self.params.n // seeds.shape[0])
+        _, labels = faiss_search(ctx.model.content_index, ctx.model.item_content[seeds], per_seed, ctx.excluded())
         found = np.unique(labels[labels >= 0]).astype(np.int64)
         scores, anchors = self._score(ctx, found)
         return SourceResult(found, scores, anchors)
@@ -186,7 +203,10 @@ class Popularity(CandidateSource):
             raise ValueError("n must be >= 1")
 
     def generate(self, ctx: RequestContext) -> SourceResult:
-        top = ctx.model.popular_order[: self.params.n + seen_count(ctx)]
+        excluded = ctx.excluded()
+        top = ctx.model.popular_order[: self.params.n + excluded.shape[0]]
+        if excluded.shape[0]:
+            top = top[~np.isin(top, excluded)][: self.params.n]
         return SourceResult(top, ctx.model.popularity[top].astype(np.float32))
 
     def score(self, ctx: RequestContext, items: np.ndarray) -> np.ndarray:

@@ -18,11 +18,14 @@ class ExcludeSeen(Filter):
     class Params:
         include_context: bool = True  # also drop the request's context items
 
-    def keep(self, ctx: RequestContext, candidates: Candidates) -> np.ndarray:
+    def excluded(self, ctx: RequestContext) -> np.ndarray:
         seen = ctx.history()[0]
         if self.params.include_context and ctx.context_items.shape[0]:
             seen = np.concatenate([seen, ctx.context_items])
-        return ~np.isin(candidates.items, seen)
+        return seen
+
+    def keep(self, ctx: RequestContext, candidates: Candidates) -> np.ndarray:
+        return ~np.isin(candidates.items, self.excluded(ctx))
 
 
 class ExcludeRequested(Filter):
@@ -33,6 +36,9 @@ class ExcludeRequested(Filter):
     @dataclass
     class Params:
         pass
+
+    def excluded(self, ctx: RequestContext) -> np.ndarray:
+        return ctx.exclude_items
 
     def keep(self, ctx: RequestContext, candidates: Candidates) -> np.ndarray:
         return ~np.isin(candidates.items, ctx.exclude_items)

@@ -46,6 +46,9 @@ class Pipeline:
         degraded: list[str] = []
         results: dict[str, SourceResult] = {}
         available: list[CandidateSource] = []
+        pushed = [e for e in (f.excluded(ctx) for f in self.filters) if e is not None and e.shape[0]]
+        if pushed:
+            ctx._cache["excluded"] = np.unique(np.concatenate(pushed).astype(np.int64))
         for source in self.sources:
             try:
                 result = source.generate(ctx)

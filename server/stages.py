@@ -43,6 +43,11 @@ class RequestContext:
                 self._cache["history"] = (empty, empty.astype(np.float32), empty, empty.astype(np.int16))
         return self._cache["history"]
 
+    def excluded(self) -> np.ndarray:
+        """Items the pipeline's filters will certainly remove (sorted int64), so candidate
+        sources can skip them inside the index search instead of over-fetching."""
+        return self._cache.get("excluded", np.zeros(0, dtype=np.int64))
+
     def cached(self, key: str, compute: Any) -> Any:
         """Memoise a per-request value shared between stages (e.g. the user's CF vector)."""
         if key not in self._cache:
@@ -155,6 +160,11 @@ class Filter(Stage):
 
     def keep(self, ctx: RequestContext, candidates: Candidates) -> np.ndarray:
         raise NotImplementedError
+
+    def excluded(self, ctx: RequestContext) -> np.ndarray | None:
+        """Optional: item indices this filter will drop whatever the candidates, so sources
+        can skip them during search. None when the filter cannot say in advance."""
+        return None
 
 
 class Scorer(Stage):

@@ -1,0 +1,90 @@
+"""Loading refuses missing, corrupt and other-version bundles with one clear line."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from hybridrec.server.bundle import FORMAT_VERSION, load_model
+from hybridrec.server.errors import BundleError
+
+
+@pytest.fixture()
+def bundle_copy(demo_model: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "bundle"
+    shutil.copytree(demo_model, copy)
+    return copy
+
+
+def _one_line(exc: pytest.ExceptionInfo) -> str:
+    text = str(exc.value)
+    assert "\n" not in text
+    return text
+
+
+def test_loads_and_checks_shapes(demo_model: Path) -> None:
+    model = load_model(demo_model)
+    assert model.cf_index.ntotal == model.num_items
+    assert model.manifest["format_version"] == FORMAT_VERSION
+
+
+def test_missing_directory(tmp_path: Path) -> None:
+    with pytest.raises(BundleError) as exc:
+        load_model(tmp_path / "nope")
+    assert "does not exist" in _one_line(exc)
+
+
+def test_not_a_bundle(tmp_path: Path) -> None:
+    with pytest.raises(BundleError) as exc:
+        load_model(tmp_path)
+    assert "manifest.json is missing" in _one_line(exc)
+
+
+def test_other_format_version(bundle_copy: Path) -> None:
+    manifest = json.loads((bundle_copy / "manifest.json").read_text())
+    manifest["format_version"] = FORMAT_VERSION + 1
+    (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError) as exc:
+        load_model(bundle_copy)
+    assert f"format version {FORMAT_VERSION + 1}" in _one_line(exc)
+
+
+def test_missing_file(bundle_copy: Path) -> None:
+    (bundle_copy / "cf.faiss").unlink()
+    with pytest.raises(BundleError) as exc:
+        load_model(bundle_copy)
+    assert "cf.faiss is missing" in _one_line(exc)
+
+
+def test_flipped_byte_fails_checksum(bundle_copy: Path) -> None:
+    path = bundle_copy / "item_factors.npy"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(BundleError) as exc:
+        load_model(bundle_copy)
+    assert "item_factors.npy fails its sha256 check" in _one_line(exc)
+
+
+def test_truncated_file(bundle_copy: Path) -> None:
+    path = bundle_copy / "popularity.npy"
+    path.write_bytes(path.read_bytes()[:-8])
+    with pytest.raises(BundleError) as exc:
+        load_model(bundle_copy)
+    assert "popularity.npy has the wrong size" in _one_line(exc)
+
+
+def test_garbled_manifest(bundle_copy: Path) -> None:
+    (bundle_copy / "manifest.json").write_text("{not json")
+    with pytest.raises(BundleError) as exc:
+        load_model(bundle_copy)
+    assert "is corrupt" in _one_line(exc)
+
+
+def test_bundle_holds_no_pickles(demo_model: Path) -> None:
+    import numpy as np
+
+    for path in demo_model.glob("*.npy"):
+        np.load(path, allow_pickle=False)  # raises if an object array was saved

@@ -1,0 +1,343 @@
+"""Plugin loading, the contract every stage passes, and unit tests of each built-in stage."""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+
+from hybridrec.server import hookspecs
+from hybridrec.server.bundle import load_model
+from hybridrec.server.errors import ConfigError
+from hybridrec.server.hookspecs import hookimpl
+from hybridrec.server.pipeline import build_pipeline, load_serving_config, top_positions
+from hybridrec.server.plugin_manager import DISABLE_ENV, Plugins
+from hybridrec.server.stages import (Candidates, CandidateSource, Filter, RequestContext, Reranker, Scorer,
+                                     SourceResult)
+from hybridrec.plugins.scorers import normalise
+
+from .conftest import DEFAULT_CONFIG, REPO
+
+ALL_PLUGINS = Plugins()
+STAGE_CLASSES = [cls for kind in ALL_PLUGINS.registry.values() for cls in kind.values()]
+
+
+def make_ctx(model, user: str = "", k: int = 10, context=(), exclude=()) -> RequestContext:
+    idx = model.item_index
+    return RequestContext(
+        model=model, user_id=user, user=model.user_index.get(user, -1), k=k,
+        context_items=np.array([idx[i] for i in context], dtype=np.int64),
+        exclude_items=np.array([idx[i] for i in exclude], dtype=np.int64),
+    )
+
+
+@pytest.fixture(scope="module")
+def model(demo_model: Path):
+    return load_model(demo_model)
+
+
+def heavy_user(model) -> str:
+    counts = np.diff(model.history_indptr)
+    return str(model.user_ids[int(np.argmax(counts))])
+
+
+# --- loading ---------------------------------------------------------------------------
+
+def test_builtins_come_from_entry_points() -> None:
+    names = {name for name, _ in ALL_PLUGINS.pm.list_name_plugin()}
+    assert {"candidates", "filters", "scorers", "rerankers"} <= names
+    assert ALL_PLUGINS.choices("candidates") == ["faiss_cf", "faiss_content", "popularity"]
+    assert ALL_PLUGINS.choices("filter") == ["exclude_requested", "exclude_seen"]
+    assert ALL_PLUGINS.choices("scorer") == ["weighted_hybrid"]
+    assert ALL_PLUGINS.choices("reranker") == ["mmr"]
+
+
+def test_disable_env_blocks_a_plugin(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(DISABLE_ENV, "rerankers")
+    plugins = Plugins()
+    assert plugins.choices("reranker") == []
+    with pytest.raises(ConfigError, match="unknown reranker plugin 'mmr'; valid choices: none"):
+        load_serving_config(DEFAULT_CONFIG, plugins)
+
+
+class BoostNewItems(Scorer):
+    """An external scorer, as a team would write one."""
+
+    plugin_name = "boost_new"
+
+    @dataclass
+    class Params:
+        boost: float = 1.0
+
+    def score(self, ctx, candidates):
+        candidates.final = (self.params.boost * (1.0 - ctx.model.popularity[candidates.items])).astype(np.float32)
+
+
+class ExternalPlugin:
+    @hookimpl
+    def hybridrec_register_stages(self):
+        return [BoostNewItems]
+
+
+def test_external_plugin_is_usable_from_yaml(model, tmp_path: Path) -> None:
+    plugins = Plugins(extra=[ExternalPlugin()])
+    spec = {"candidates": ["popularity"], "scorer": {"plugin": "boost_new", "params": {"boost": 2.0}}}
+    pipeline = build_pipeline(plugins, "p", spec, "test.yaml")
+    result = pipeline.run(make_ctx(model, k=5))
+    chosen = result.candidates.items[result.ranked]
+    pops = model.popularity[chosen]
+    assert np.all(np.diff(pops) >= 0)  # least popular first
+
+
+def test_duplicate_stage_name_across_plugins_is_refused() -> None:
+    class Clash(Scorer):
+        plugin_name = "weighted_hybrid"
+
+    class ClashPlugin:
+        @hookimpl
+        def hybridrec_register_stages(self):
+            return [Clash]
+
+    with pytest.raises(ConfigError, match="'weighted_hybrid' is already registered"):
+        Plugins(extra=[ClashPlugin()])
+
+
+def test_pipelines_built_hook_can_refuse(tmp_path: Path) -> None:
+    class Refuser:
+        @hookimpl
+        def hybridrec_pipelines_built(self, pipelines):
+            if "content" in pipelines:
+                raise ConfigError("content pipelines are not allowed here")
+
+    with pytest.raises(ConfigError, match="not allowed here"):
+        load_serving_config(DEFAULT_CONFIG, Plugins(extra=[Refuser()]))
+
+
+def test_every_hook_is_documented_and_tested() -> None:
+    readme = (REPO / "README.md").read_text()
+    tests = "".join(p.read_text() for p in (REPO / "tests").glob("test_*.py"))
+    hooks = [name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("hybridrec_")]
+    assert hooks
+    for name in hooks:
+        assert getattr(hookspecs, name).__doc__, f"{name} has no docstring"
+        assert name in readme, f"{name} is not documented in README.md"
+        assert f"def {name}(" in tests, f"{name} has no test implementing it"
+
+
+# --- the contract every stage plugin passes ---------------------------------------------
+
+@pytest.mark.parametrize("cls", STAGE_CLASSES, ids=lambda c: c.plugin_name)
+class TestStageContract:
+    def test_declares_name_kind_and_params(self, cls) -> None:
+        assert cls.plugin_name and cls.plugin_name.isidentifier()
+        assert cls.kind in ("candidates", "filter", "scorer", "reranker")
+        assert dataclasses.is_dataclass(cls.Params)
+        assert cls.__doc__, "a stage documents what it does"
+
+    def test_defaults_validate_and_describe(self, cls) -> None:
+        stage = cls(cls.plugin_name, cls.Params())
+        stage.validate()
+        assert isinstance(stage.describe(), dict)
+
+    def test_runs_on_known_unknown_and_context_requests(self, cls, model) -> None:
+        stage = cls("x", cls.Params())
+        user = heavy_user(model)
+        contexts = [make_ctx(model, user), make_ctx(model, "stranger"),
+                    make_ctx(model, "", context=[str(model.item_ids[0])])]
+        for ctx in contexts:
+            cands = Candidates.merge({"popularity": SourceResult(
+                model.popular_order[:40].copy(), model.popularity[model.popular_order[:40]])})
+            cands.scores["x"] = np.linspace(0, 1, len(cands), dtype=np.float32)
+            if isinstance(stage, CandidateSource):
+                result = stage.generate(ctx)
+                if result is not None:
+                    assert result.items.dtype == np.int64
+                    assert result.items.shape == result.scores.shape
+                    assert np.unique(result.items).shape == result.items.shape
+                    assert ((result.items >= 0) & (result.items < model.num_items)).all()
+                    assert np.isfinite(result.scores).all()
+                scored = stage.score(ctx, cands.items)
+                assert scored is None or scored.shape == cands.items.shape
+            elif isinstance(stage, Filter):
+                keep = stage.keep(ctx, cands)
+                assert keep.dtype == bool and keep.shape == cands.items.shape
+            elif isinstance(stage, Scorer):
+                if hasattr(stage, "check_pipeline"):
+                    stage.params.weights = {"popularity": 1.0}
+                stage.score(ctx, cands)
+                assert cands.final.shape == cands.items.shape and np.isfinite(cands.final).all()
+            else:
+                assert isinstance(stage, Reranker)
+                cands.final = cands.scores["popularity"].copy()
+                ranked = top_positions(cands.final, stage.window(ctx.k))
+                out = stage.rerank(ctx, cands, ranked)
+                assert sorted(out.tolist()) == sorted(ranked.tolist())  # a permutation, nothing lost
+
+
+# --- built-in stages ---------------------------------------------------------------------
+
+def test_faiss_cf_matches_exact_inner_product(model) -> None:
+    from hybridrec.plugins.candidates import FaissCF
+
+    user = heavy_user(model)
+    ctx = make_ctx(model, user)
+    result = FaissCF("cf", FaissCF.Params(n=20)).generate(ctx)
+    exact = model.item_factors @ model.user_factors[model.user_index[user]]
+    expected = np.argsort(-exact)[: len(result.items)]
+    assert set(result.items.tolist()) == set(expected.tolist())
+    assert result.scores == pytest.approx(exact[result.items], rel=1e-4, abs=1e-5)
+
+
+def test_faiss_cf_folds_in_context_for_anonymous_users(model) -> None:
+    from hybridrec.plugins.candidates import FaissCF
+
+    stage = FaissCF("cf", FaissCF.Params(n=10))
+    assert stage.generate(make_ctx(model, "stranger")) is None
+    item = str(model.item_ids[model.popular_order[0]])
+    result = stage.generate(make_ctx(model, "", context=[item]))
+    assert result is not None and len(result.items) >= 10
+
+
+def test_faiss_content_anchors_are_seeds_and_scores_are_consistent(model) -> None:
+    from hybridrec.plugins.candidates import FaissContent
+
+    user = heavy_user(model)
+    ctx = make_ctx(model, user)
+    stage = FaissContent("content", FaissContent.Params(n=30, seeds=5))
+    result = stage.generate(ctx)
+    seeds = stage.seeds(ctx)[0]
+    assert 0 < len(seeds) <= 5
+    assert set(result.anchors.tolist()) <= set(seeds.tolist())
+    assert stage.score(ctx, result.items) == pytest.approx(result.scores, abs=1e-6)
+    # seeds are the user's strongest items
+    items, weights, _, _ = ctx.history()
+    assert set(seeds.tolist()) <= set(items.tolist())
+
+
+def test_content_reason_names_the_anchor_and_event(model) -> None:
+    from hybridrec.plugins.candidates import FaissContent
+
+    item = str(model.item_ids[0])
+    ctx = make_ctx(model, "", context=[item])
+    reason = FaissContent("content", FaissContent.Params()).reason(ctx, 1, 0)
+    assert reason == f"similar to {model.item_titles[0]}, which you are looking at"
+    user = heavy_user(model)
+    ctx = make_ctx(model, user)
+    items, _, _, events = ctx.history()
+    reason = FaissContent("content", FaissContent.Params()).reason(ctx, 1, int(items[0]))
+    assert str(model.item_titles[items[0]]) in reason and "which you" in reason
+
+
+def test_popularity_returns_most_popular_first(model) -> None:
+    from hybridrec.plugins.candidates import Popularity
+
+    result = Popularity("popularity", Popularity.Params(n=5)).generate(make_ctx(model, "stranger"))
+    assert result.items.tolist() == np.argsort(-model.popularity, kind="stable")[:5].tolist()
+
+
+def test_filters_drop_seen_context_and_requested(model) -> None:
+    from hybridrec.plugins.filters import ExcludeRequested, ExcludeSeen
+
+    user = heavy_user(model)
+    seen = model.history(model.user_index[user])[0]
+    extra = [i for i in range(model.num_items) if i not in set(seen.tolist())][:3]
+    ctx = make_ctx(model, user, context=[str(model.item_ids[extra[0]])], exclude=[str(model.item_ids[extra[1]])])
+    items = np.concatenate([seen[:5], extra]).astype(np.int64)
+    cands = Candidates(items=items, scores={})
+    keep = ExcludeSeen("s", ExcludeSeen.Params()).keep(ctx, cands)
+    assert keep.tolist() == [False] * 5 + [False, True, True]
+    keep = ExcludeSeen("s", ExcludeSeen.Params(include_context=False)).keep(ctx, cands)
+    assert keep.tolist() == [False] * 5 + [True, True, True]
+    keep = ExcludeRequested("r", ExcludeRequested.Params()).keep(ctx, cands)
+    assert keep.tolist() == [True] * 6 + [False, True]
+
+
+def test_normalisers() -> None:
+    col = np.array([2.0, np.nan, 4.0, 3.0], dtype=np.float32)
+    assert normalise(col, "minmax").tolist() == pytest.approx([0.0, 0.0, 1.0, 0.5])
+    assert normalise(col, "rank").tolist() == pytest.approx([1 / 3, 0.0, 1.0, 2 / 3])
+    z = normalise(col, "zscore")
+    assert z[1] == 0.0 and z[0] == pytest.approx(1.0) and z[2] > z[3] > z[0]
+    assert normalise(np.array([np.nan, np.nan]), "minmax").tolist() == [0.0, 0.0]
+
+
+def test_weighted_hybrid_blends_and_handles_a_missing_source(model) -> None:
+    from hybridrec.plugins.scorers import WeightedHybrid
+
+    stage = WeightedHybrid("h", WeightedHybrid.Params())
+    cands = Candidates(items=np.arange(3, dtype=np.int64), scores={
+        "cf": np.array([1.0, 2.0, 3.0], np.float32),
+        "content": np.array([3.0, 1.0, 2.0], np.float32),
+        "popularity": np.array([0.5, 0.1, 0.9], np.float32),
+    })
+    stage.score(make_ctx(model), cands)
+    # cf normalised [0, .5, 1], content [1, 0, .5] -> 0.6*cf + 0.4*content
+    assert cands.final.tolist() == pytest.approx([0.4, 0.3, 0.8])
+    assert set(cands.contributions) == {"cf", "content"}
+    # a new user: CF is missing; content takes the whole weight
+    cands = Candidates(items=np.arange(3, dtype=np.int64), scores={
+        "content": np.array([3.0, 1.0, 2.0], np.float32), "popularity": np.array([0.5, 0.1, 0.9], np.float32)})
+    stage.score(make_ctx(model), cands)
+    assert cands.final.tolist() == pytest.approx([1.0, 0.0, 0.5])
+    # nothing weighted is present: popularity ranks alone
+    cands = Candidates(items=np.arange(3, dtype=np.int64), scores={"popularity": np.array([0.5, 0.1, 0.9], np.float32)})
+    stage.score(make_ctx(model), cands)
+    assert cands.final.tolist() == pytest.approx([0.5, 0.0, 1.0])
+
+
+def test_mmr_diversifies_and_lambda_one_keeps_order(model) -> None:
+    from hybridrec.plugins.rerankers import MMR
+
+    rng = np.random.default_rng(0)
+    items = rng.choice(model.num_items, size=40, replace=False).astype(np.int64)
+    cands = Candidates(items=items, scores={})
+    cands.final = np.sort(rng.random(40).astype(np.float32))[::-1].copy()
+    ranked = top_positions(cands.final, 40)
+    ctx = make_ctx(model, k=10)
+    keep = MMR("mmr", MMR.Params(lambda_weight=1.0, pool=40)).rerank(ctx, cands, ranked)
+    assert keep[:10].tolist() == ranked[:10].tolist()
+    diverse = MMR("mmr", MMR.Params(lambda_weight=0.3, pool=40)).rerank(ctx, cands, ranked)
+
+    def intra_list_similarity(pos: np.ndarray) -> float:
+        emb = model.item_content[items[pos[:10]]]
+        sims = emb @ emb.T
+        return float((sims.sum() - np.trace(sims)) / (10 * 9))
+
+    assert intra_list_similarity(diverse) < intra_list_similarity(keep)
+    assert sorted(diverse.tolist()) == sorted(ranked.tolist())
+
+
+def test_top_positions_is_deterministic_and_ignores_nan() -> None:
+    scores = np.array([0.5, np.nan, 0.9, 0.5, 0.1], dtype=np.float32)
+    assert top_positions(scores, 3).tolist() == [2, 0, 3]
+    assert top_positions(scores, 10).tolist() == [2, 0, 3, 4, 1]
+
+
+def test_a_failing_source_degrades_instead_of_failing(model) -> None:
+    class Broken(CandidateSource):
+        """Always fails."""
+
+        plugin_name = "broken"
+
+        @dataclass
+        class Params:
+            pass
+
+        def generate(self, ctx):
+            raise RuntimeError("index server on fire")
+
+    class BrokenPlugin:
+        @hookimpl
+        def hybridrec_register_stages(self):
+            return [Broken]
+
+    plugins = Plugins(extra=[BrokenPlugin()])
+    spec = {"candidates": ["broken", "popularity"], "filters": ["exclude_seen"],
+            "scorer": {"plugin": "weighted_hybrid", "params": {"weights": {"broken": 0.5, "popularity": 0.5}}}}
+    result = build_pipeline(plugins, "p", spec, "t.yaml").run(make_ctx(model, heavy_user(model), k=5))
+    assert result.degraded == ["broken"]
+    assert len(result.ranked) == 5

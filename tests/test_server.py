@@ -1,0 +1,236 @@
+"""Integration: the real gRPC server on 127.0.0.1 port 0, called through the generated client."""
+from __future__ import annotations
+
+import json
+import threading
+from concurrent import futures
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from hybridrec.clients import RecommenderClient
+from hybridrec.server.bundle import load_model
+from hybridrec.server.stages import CandidateSource
+from hybridrec.v1 import recommender_pb2 as pb
+from hybridrec.v1 import recommender_pb2_grpc as pb_grpc
+
+
+@pytest.fixture(scope="module")
+def model(demo_model):
+    return load_model(demo_model)
+
+
+def users_by_activity(model) -> list[str]:
+    counts = np.diff(model.history_indptr)
+    return [str(model.user_ids[i]) for i in np.argsort(-counts, kind="stable")]
+
+
+def test_known_user_gets_k_unseen_items(client: RecommenderClient, model) -> None:
+    user = users_by_activity(model)[0]
+    result = client.recommend(user, k=10)
+    seen = {str(model.item_ids[i]) for i in model.history(model.user_index[user])[0]}
+    assert len(result.items) == 10
+    assert len(set(result.item_ids)) == 10
+    assert not set(result.item_ids) & seen
+    assert not result.cold_start and result.pipeline == "hybrid"
+    assert result.model_version == model.version
+    scores = [i.score for i in result.items]
+    assert all(np.isfinite(scores))
+    assert result.server_time_us is not None and result.server_time_us > 0
+
+
+def test_unknown_user_takes_the_cold_start_path(client: RecommenderClient, model) -> None:
+    result = client.recommend("never-seen-before", k=5, explain=True)
+    assert result.cold_start
+    assert len(result.items) == 5
+    assert set(result.items[0].source_scores) == {"popularity"}
+    assert result.items[0].reason == "popular right now"
+    popular = [str(model.item_ids[i]) for i in model.popular_order]
+    assert set(result.item_ids) <= set(popular[:50])  # MMR picks from the popular pool
+    assert client.recommend("never-seen-before", k=5, pipeline="hybrid_no_mmr").item_ids == popular[:5]
+
+
+def test_context_items_seed_content_for_anonymous_users(client: RecommenderClient, model) -> None:
+    anchor = str(model.item_ids[model.popular_order[3]])
+    result = client.recommend("", k=5, context_items=[anchor], explain=True)
+    assert result.cold_start
+    assert anchor not in result.item_ids
+    assert any("content" in r.source_scores for r in result.items)
+    title = str(model.item_titles[model.item_index[anchor]])
+    reasons = [r.reason for r in result.items]
+    assert any(title in reason and "looking at" in reason for reason in reasons), reasons
+    # the context moves the results away from plain popularity
+    plain = client.recommend("", k=5)
+    assert result.item_ids != plain.item_ids
+
+
+def test_exclusions_are_honoured(client: RecommenderClient, model) -> None:
+    user = users_by_activity(model)[5]
+    first = client.recommend(user, k=5)
+    again = client.recommend(user, k=5, exclude=first.item_ids[:3] + ["no-such-item"])
+    assert not set(first.item_ids[:3]) & set(again.item_ids)
+    assert len(again.items) == 5
+
+
+def test_explain_gives_scores_per_source_and_stage_and_a_reason(client: RecommenderClient, model) -> None:
+    user = users_by_activity(model)[0]
+    result = client.recommend(user, k=10, explain=True)
+    for item in result.items:
+        assert item.reason
+        assert set(item.source_scores) <= {"cf", "content", "popularity"}
+        assert {"cf", "content"} <= set(item.source_scores)
+        assert "weighted_hybrid" in item.stage_scores and "mmr" in item.stage_scores
+        assert item.stage_scores["weighted_hybrid"] == pytest.approx(item.score)
+        blended = 0.6 * item.source_scores["cf"] + 0.4 * item.source_scores["content"]
+        assert blended == pytest.approx(item.score, abs=1e-5)
+    plain = client.recommend(user, k=10)
+    assert all(not i.reason and not i.source_scores for i in plain.items)
+
+
+def test_every_pipeline_can_be_named(client: RecommenderClient, model) -> None:
+    user = users_by_activity(model)[2]
+    info = client.model_info()
+    for p in info.pipelines:
+        result = client.recommend(user, k=7, pipeline=p.name)
+        assert result.pipeline == p.name and len(result.items) == 7
+
+
+def test_similar_items(client: RecommenderClient, model) -> None:
+    item = str(model.item_ids[0])
+    similar = client.similar_items(item, k=5)
+    assert len(similar) == 5 and item not in [s.item_id for s in similar]
+    scores = [s.score for s in similar]
+    assert scores == sorted(scores, reverse=True)
+    emb = model.item_content
+    exact = emb @ emb[0]
+    exact[0] = -np.inf
+    assert similar[0].item_id == str(model.item_ids[int(np.argmax(exact))])
+
+
+def test_similar_items_unknown_item_is_not_found(client: RecommenderClient) -> None:
+    with pytest.raises(grpc.RpcError) as exc:
+        client.similar_items("no-such-item", k=3)
+    assert exc.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "item_id" in exc.value.details() and "no-such-item" in exc.value.details()
+
+
+@pytest.mark.parametrize("k", [0, -1, 101])
+def test_bad_k_is_invalid_argument(client: RecommenderClient, k: int) -> None:
+    with pytest.raises(grpc.RpcError) as exc:
+        client.recommend("u-00001", k=k)
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "k must be between 1 and 100" in exc.value.details()
+
+
+def test_unknown_pipeline_is_invalid_argument(client: RecommenderClient) -> None:
+    with pytest.raises(grpc.RpcError) as exc:
+        client.recommend("u-00001", k=3, pipeline="nope")
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "pipeline: unknown pipeline 'nope'; available: hybrid" in exc.value.details()
+
+
+def test_too_many_context_ids_is_invalid_argument(client: RecommenderClient) -> None:
+    with pytest.raises(grpc.RpcError) as exc:
+        client.recommend("", k=3, context_items=[f"x{i}" for i in range(1001)])
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "context_item_ids" in exc.value.details()
+
+
+def test_health_and_model_info(client: RecommenderClient, model) -> None:
+    assert client.health() == "SERVING"
+    assert client.health("hybridrec.v1.Recommender") == "SERVING"
+    info = client.model_info()
+    assert info.num_users == model.num_users and info.num_items == model.num_items
+    assert info.default_pipeline == "hybrid" and info.max_k == 100
+    hybrid = next(p for p in info.pipelines if p.name == "hybrid")
+    assert hybrid.is_default
+    assert [s.kind for s in hybrid.stages] == ["candidates"] * 3 + ["filter"] * 2 + ["scorer", "reranker"]
+    assert json.loads(hybrid.stages[-1].params_json)["lambda_weight"] == 0.7
+
+
+def test_reflection_lists_the_services(running_server) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{running_server.port}") as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+        names = {s.name for r in responses for s in r.list_services_response.service}
+    assert {"hybridrec.v1.Recommender", "grpc.health.v1.Health"} <= names
+
+
+def test_a_stage_exception_never_kills_the_server(running_server, client: RecommenderClient, model,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    pipeline = running_server.service.state.config.pipelines["hybrid"]
+    content = next(s for s in pipeline.sources if s.name == "content")
+
+    def explode(ctx):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(content, "generate", explode)
+    user = users_by_activity(model)[0]
+    result = client.recommend(user, k=5)
+    assert result.degraded_stages == ["content"] and len(result.items) == 5
+    monkeypatch.setattr(pipeline.filters[0], "keep", explode)
+    with pytest.raises(grpc.RpcError) as exc:
+        client.recommend(user, k=5)
+    assert exc.value.code() == grpc.StatusCode.INTERNAL
+    assert "boom" not in exc.value.details()  # internals stay in the server log
+    monkeypatch.undo()
+    assert len(client.recommend(user, k=5).items) == 5
+    assert client.health() == "SERVING"
+
+
+def test_concurrent_requests(client: RecommenderClient, model) -> None:
+    users = users_by_activity(model)[:40]
+    with futures.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda u: client.recommend(u, k=10), users))
+    assert all(len(r.items) == 10 for r in results)
+
+
+class FlakyRecommender(pb_grpc.RecommenderServicer):
+    """Fails with UNAVAILABLE a set number of times, then answers."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures, self.calls = failures, 0
+        self.lock = threading.Lock()
+
+    def GetModelInfo(self, request, context):
+        with self.lock:
+            self.calls += 1
+            if self.calls <= self.failures:
+                context.abort(grpc.StatusCode.UNAVAILABLE, "warming up")
+        return pb.ModelInfo(model_version="v-flaky")
+
+
+@pytest.mark.parametrize("failures,retries,ok", [(2, 3, True), (3, 1, False)])
+def test_client_retries_unavailable(failures: int, retries: int, ok: bool) -> None:
+    servicer = FlakyRecommender(failures)
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    pb_grpc.add_RecommenderServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with RecommenderClient(f"127.0.0.1:{port}", timeout=5, retries=retries) as client:
+            if ok:
+                assert client.model_info().model_version == "v-flaky"
+                assert servicer.calls == failures + 1
+            else:
+                with pytest.raises(grpc.RpcError) as exc:
+                    client.model_info()
+                assert exc.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        server.stop(None)
+
+
+def test_graceful_stop_reports_not_serving(demo_model) -> None:
+    from hybridrec.server.app import create_server, load_state
+
+    from .conftest import DEFAULT_CONFIG
+
+    running = create_server(load_state(demo_model, DEFAULT_CONFIG))
+    with RecommenderClient(f"127.0.0.1:{running.port}", retries=0) as client:
+        assert client.health() == "SERVING"
+        running.health.enter_graceful_shutdown()
+        assert client.health() == "NOT_SERVING"
+    running.server.stop(None)

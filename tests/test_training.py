@@ -1,0 +1,200 @@
+"""Training: event weighting, row accounting, matrices, content vectors, the saved bundle."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hybridrec.server.bundle import load_model
+from hybridrec.server.config import TrainingConfig, load_training_config
+from hybridrec.server.data import parse_timestamp, read_events
+from hybridrec.server.errors import ConfigError, DataError
+from hybridrec.server.training import train
+
+from .helpers import basic_events, write_events, write_items
+
+
+def tiny_config() -> TrainingConfig:
+    config = TrainingConfig()
+    config.collaborative.components = 4
+    config.content.dims = 6
+    return config
+
+
+@pytest.fixture()
+def tiny(tmp_path: Path) -> tuple[Path, Path]:
+    return write_events(tmp_path / "events.csv", basic_events()), write_items(tmp_path / "items.csv")
+
+
+def test_default_event_weights_follow_the_reference(tmp_path: Path) -> None:
+    path = write_events(tmp_path / "e.csv", [
+        ("u", "a", "booking", 1, ""), ("u", "a", "start_booking", 2, ""), ("u", "b", "click", 3, ""),
+        ("u", "c", "view", 4, ""),
+    ])
+    log = read_events(path, TrainingConfig().events)
+    assert log.weights.tolist() == pytest.approx([1.0, 1.0, 0.2, 0.05])
+
+
+def test_bad_rows_are_counted_by_reason(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = write_events(tmp_path / "e.csv", [
+        ("u1", "a", "view", "1700000000", ""),
+        ("", "a", "view", "1700000000", ""),
+        ("u1", "", "view", "1700000000", ""),
+        ("u1", "a", "view", "yesterday-ish", ""),
+        ("u2", "b", "click", "2024-05-01T10:00:00Z", ""),
+    ])
+    with caplog.at_level(logging.WARNING, logger="hybridrec"):
+        log = read_events(path, TrainingConfig().events)
+    assert log.report["used"] == 2
+    assert log.report["skipped"] == {"missing user_id": 1, "missing item_id": 1, "bad timestamp": 1}
+    assert log.report["rows"] == 5
+    assert "skipped 3 unusable rows" in caplog.text
+    assert log.timestamps[1] == 1714557600
+
+
+def test_unknown_event_types_default_weight_or_reject(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = write_events(tmp_path / "e.csv", [("u", "a", "wishlist", 1, ""), ("u", "b", "view", 2, ""),
+                                             ("v", "a", "wishlist", 3, "")])
+    config = TrainingConfig().events
+    config.default_weight = 0.3
+    with caplog.at_level(logging.WARNING, logger="hybridrec"):
+        log = read_events(path, config)
+    assert log.weights.tolist() == pytest.approx([0.3, 0.05, 0.3])
+    assert log.report["unknown_event_types"] == {"wishlist": 2}
+    assert "wishlist x2" in caplog.text
+    config.unknown_event_type = "reject"
+    log = read_events(path, config)
+    assert log.report["used"] == 1 and log.report["rows"] == 3
+
+
+def test_rating_value_scales_its_weight(tmp_path: Path) -> None:
+    path = write_events(tmp_path / "e.csv", [("u", "a", "rating", 1, "5"), ("u", "b", "rating", 2, "2")])
+    log = read_events(path, TrainingConfig().events)
+    assert log.weights.tolist() == pytest.approx([0.5, 0.2])
+
+
+def test_missing_columns_name_the_file(tmp_path: Path) -> None:
+    path = write_events(tmp_path / "e.csv", [("u", "a", 1)], header=("user_id", "item_id", "timestamp"))
+    with pytest.raises(DataError, match=r"e\.csv: missing column\(s\) event_type"):
+        read_events(path, TrainingConfig().events)
+
+
+def test_parse_timestamp_forms() -> None:
+    assert parse_timestamp("1700000000") == 1700000000
+    assert parse_timestamp("1700000000.5") == 1700000000
+    assert parse_timestamp("1970-01-02T00:00:00") == 86400
+    assert parse_timestamp("") is None and parse_timestamp("soon") is None
+
+
+def test_train_writes_a_consistent_bundle(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    events, items = tiny
+    manifest = train(events, items, tiny_config(), tmp_path / "model")
+    model = load_model(tmp_path / "model")
+    assert model.version == manifest["model_version"]
+    assert model.num_items == 8  # i8 has no events but is in the catalogue
+    assert model.num_users == 12
+    # aggregation: view 0.05 + booking 1.0 per pair
+    items_, weights, _, events_ = model.history(model.user_index["m0"])
+    assert weights.tolist() == pytest.approx([1.05] * len(items_))
+    assert {model.event_types[c] for c in events_.tolist()} == {"booking"}
+    # content vectors are L2-normalised, including the item without events
+    norms = np.linalg.norm(model.item_content, axis=1)
+    assert norms == pytest.approx(np.ones(8), abs=1e-5)
+    # the new item is closest to the other guitar item by content
+    i8, i6 = model.item_index["i8"], model.item_index["i6"]
+    sims = model.item_content @ model.item_content[i8]
+    sims[i8] = -1
+    assert int(np.argmax(sims)) == i6
+    assert model.popularity[i8] == 0.0 and model.popularity.max() == pytest.approx(1.0)
+    assert manifest["data"]["events_report"]["used"] == len(basic_events())
+    assert len(manifest["data"]["events_sha256"]) == 64
+
+
+def test_svd_factors_reconstruct_the_matrix_order(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    events, items = tiny
+    train(events, items, tiny_config(), tmp_path / "model")
+    model = load_model(tmp_path / "model")
+    u = model.user_index["s0"]
+    scores = model.item_factors @ model.user_factors[u]
+    spanish = {model.item_index["i4"], model.item_index["i5"]}
+    top2 = set(np.argsort(-scores)[:2].tolist())
+    assert top2 == spanish
+
+
+def test_precomputed_embedding_column(tmp_path: Path) -> None:
+    events = write_events(tmp_path / "e.csv", basic_events())
+    items = tmp_path / "items.csv"
+    rng = np.random.default_rng(0)
+    with items.open("w") as handle:
+        handle.write("item_id,title,embedding\n")
+        for i in range(1, 9):
+            handle.write(f'i{i},Item {i},"{json.dumps(rng.normal(size=16).round(4).tolist())}"\n')
+    config = tiny_config()
+    config.content.embedding_column = "embedding"
+    train(events, items, config, tmp_path / "model")
+    model = load_model(tmp_path / "model")
+    assert model.item_content.shape == (8, 16)
+    assert np.linalg.norm(model.item_content, axis=1) == pytest.approx(np.ones(8), abs=1e-5)
+
+
+def test_ragged_embedding_column_is_refused(tmp_path: Path) -> None:
+    events = write_events(tmp_path / "e.csv", basic_events())
+    items = tmp_path / "items.csv"
+    items.write_text('item_id,embedding\ni1,"[1, 2]"\ni2,"[1, 2, 3]"\n')
+    config = tiny_config()
+    config.content.embedding_column = "embedding"
+    with pytest.raises(DataError, match="item 'i2' has 3 numbers; others have 2"):
+        train(events, items, config, tmp_path / "model")
+
+
+def test_items_only_in_events_are_kept_with_empty_content(tmp_path: Path) -> None:
+    rows = basic_events() + [("m0", "ghost", "view", 1_700_000_500, "")]
+    events = write_events(tmp_path / "e.csv", rows)
+    items = write_items(tmp_path / "items.csv")
+    manifest = train(events, items, tiny_config(), tmp_path / "model")
+    model = load_model(tmp_path / "model")
+    assert "ghost" in model.item_index
+    assert not model.item_content[model.item_index["ghost"]].any()
+    assert manifest["data"]["items_report"]["items_only_in_events"] == 1
+
+
+def test_training_config_errors_name_file_and_key(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("training:\n  collaborative:\n    componentz: 3\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml: training\.collaborative: unknown key 'componentz'; valid keys: components"):
+        load_training_config(path)
+    path.write_text("training:\n  events:\n    unknown_event_type: ignore\n")
+    with pytest.raises(ConfigError, match="not one of: default_weight, reject"):
+        load_training_config(path)
+    path.write_text("training:\n  content:\n    dims: many\n")
+    with pytest.raises(ConfigError, match="training.content.dims: expected"):
+        load_training_config(path)
+
+
+def test_faiss_factory_string_from_config(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    events, items = tiny
+    config = tiny_config()
+    config.content.index = "HNSW8"
+    train(events, items, config, tmp_path / "model")
+    model = load_model(tmp_path / "model")
+    assert "HNSW" in type(model.content_index).__name__
+    config.collaborative.index = "NoSuchIndex"
+    with pytest.raises(ConfigError, match="not a valid FAISS index factory string"):
+        train(events, items, config, tmp_path / "model2")
+
+
+def test_out_dir_that_is_not_a_bundle_is_never_overwritten(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    events, items = tiny
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.txt").write_text("do not delete")
+    with pytest.raises(Exception, match="not a hybridrec model bundle; refusing"):
+        train(events, items, tiny_config(), precious)
+    assert (precious / "thesis.txt").read_text() == "do not delete"
+    # but a bundle is replaced by a retrain
+    train(events, items, tiny_config(), tmp_path / "model")
+    train(events, items, tiny_config(), tmp_path / "model")
+    assert load_model(tmp_path / "model").num_items == 8
