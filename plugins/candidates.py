@@ -21,10 +21,11 @@ EVENT_VERBS = {
 
 
 def _search_params(index, selector):
+    # Parameters passed to a search replace the index's own, so carry its settings over.
     if isinstance(index, faiss.IndexHNSW):
-        return faiss.SearchParametersHNSW(sel=selector)
+        return faiss.SearchParametersHNSW(sel=selector, efSearch=index.hnsw.efSearch)
     if isinstance(index, faiss.IndexIVF):
-        return faiss.SearchParametersIVF(sel=selector)
+        return faiss.SearchParametersIVF(sel=selector, nprobe=index.nprobe)
     return faiss.SearchParameters(sel=selector)
 
 

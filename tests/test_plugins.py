@@ -341,3 +341,29 @@ def test_a_failing_source_degrades_instead_of_failing(model) -> None:
     result = build_pipeline(plugins, "p", spec, "t.yaml").run(make_ctx(model, heavy_user(model), k=5))
     assert result.degraded == ["broken"]
     assert len(result.ranked) == 5
+
+
+@pytest.mark.parametrize("factory", ["Flat", "HNSW16", "IVF8,Flat", "Flat,RFlat"])
+def test_faiss_search_skips_excluded_items(factory: str) -> None:
+    from hybridrec.plugins.candidates import faiss_search
+
+    rng = np.random.default_rng(1)
+    vectors = rng.normal(size=(500, 16)).astype(np.float32)
+    index = faiss.index_factory(16, factory, faiss.METRIC_INNER_PRODUCT)
+    index.train(vectors)
+    index.add(vectors)
+    if hasattr(index, "nprobe"):
+        index.nprobe = 8
+    excluded = np.arange(0, 500, 2, dtype=np.int64)  # every even item
+    _, labels = faiss_search(index, vectors[:3], 10, excluded)
+    found = labels[labels >= 0]
+    if factory == "Flat,RFlat":  # no selector support: over-fetched, the filter drops the rest
+        assert labels.shape[1] == 10 + 250
+    else:
+        assert labels.shape[1] == 10
+        assert not np.isin(found, excluded).any()
+    exact = vectors @ vectors[0]
+    exact[excluded] = -np.inf
+    best = set(np.argsort(-exact)[:10].tolist())
+    recall = len(best & set(labels[0].tolist())) / 10
+    assert recall >= 0.8, f"{factory} recall {recall}"
