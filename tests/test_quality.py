@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from hybridrec.server.app import load_state
+from hybridrec.clients import RecommenderClient
+from hybridrec.server.app import create_server, load_state
 from hybridrec.server.bundle import load_model
 from hybridrec.server.config import TrainingConfig
 from hybridrec.server.demo_data import generate
@@ -14,7 +14,6 @@ from hybridrec.server.evaluation import evaluate, split_events_per_user
 from hybridrec.server.movielens import convert
 from hybridrec.server.service import RecommenderService
 from hybridrec.server.training import train
-from hybridrec.v1 import recommender_pb2 as pb
 
 from .conftest import DEFAULT_CONFIG, shared_dataset
 
@@ -31,16 +30,20 @@ def test_hybrid_beats_popularity_on_held_out_demo_events(tmp_path: Path) -> None
     assert hybrid.ndcg > popular.ndcg * 1.1
 
 
-def test_movielens_100k_every_user_gets_10_unseen_items(tmp_path: Path) -> None:
+def test_movielens_100k_served_every_user_gets_10_unseen_items(tmp_path: Path) -> None:
     src = shared_dataset("ml-100k")
     paths = convert(src, tmp_path / "data")
     train(paths["events"], paths["items"], TrainingConfig(), tmp_path / "model")
     model = load_model(tmp_path / "model")
     assert model.num_users == 943 and model.num_items == 1682
-    service = RecommenderService(load_state(tmp_path / "model", DEFAULT_CONFIG))
-    for user in model.user_ids.tolist():
-        result, ctx, _ = service.recommend(pb.RecommendRequest(user_id=user, k=10))
-        chosen = result.candidates.items[result.ranked]
-        assert chosen.shape == (10,), user
-        assert not np.isin(chosen, ctx.history()[0]).any(), user
-        assert np.unique(chosen).shape == (10,)
+    running = create_server(load_state(tmp_path / "model", DEFAULT_CONFIG), "127.0.0.1:0")
+    try:
+        with RecommenderClient(f"127.0.0.1:{running.port}", timeout=10) as client:
+            for user in model.user_ids.tolist():
+                result = client.recommend(user, k=10)
+                seen = {str(model.item_ids[i]) for i in model.history(model.user_index[user])[0]}
+                assert len(result.items) == 10 and len(set(result.item_ids)) == 10, user
+                assert not seen & set(result.item_ids), user
+                assert not result.cold_start and not result.degraded_stages
+    finally:
+        running.stop(grace=None)
