@@ -190,6 +190,67 @@ class FaissContent(CandidateSource):
         return f"similar to {title}, which you {verb}"
 
 
+class ItemItem(CandidateSource):
+    """Item-item model (EASE or cosine kNN, trained into the bundle): a candidate's score is
+    the weighted sum of its item-item weights from the user's items and context items."""
+
+    plugin_name = "item_item"
+
+    @dataclass
+    class Params:
+        n: int = 200
+        context_weight: float = 1.0  # history weight given to each context item
+
+    def validate(self) -> None:
+        if self.params.n < 1:
+            raise ValueError("n must be >= 1")
+        if self.params.context_weight < 0:
+            raise ValueError("context_weight must be >= 0")
+
+    def basket(self, ctx: RequestContext) -> tuple[np.ndarray, np.ndarray]:
+        """The items the scores start from, with their weights."""
+        items, weights, _, _ = ctx.history()
+        if ctx.context_items.shape[0] and self.params.context_weight > 0:
+            items = np.concatenate([items, ctx.context_items]).astype(np.int64)
+            weights = np.concatenate([weights, np.full(ctx.context_items.shape[0], self.params.context_weight,
+                                                       dtype=np.float32)])
+        return items, weights
+
+    def scores(self, ctx: RequestContext) -> np.ndarray | None:
+        """Scores of the whole catalogue for this request (cached), or None with nothing to go on."""
+        def compute() -> np.ndarray | None:
+            items, weights = self.basket(ctx)
+            if items.shape[0] == 0 or ctx.model.item_item.nnz == 0:
+                return None
+            rows = ctx.model.item_item[items]
+            return np.asarray(rows.T @ weights, dtype=np.float32).ravel()
+
+        return ctx.cached(f"item_item:{self.name}", compute)
+
+    def generate(self, ctx: RequestContext) -> SourceResult | None:
+        scores = self.scores(ctx)
+        if scores is None:
+            return None
+        masked = scores.copy()
+        masked[ctx.excluded()] = -np.inf
+        n = min(self.params.n, masked.shape[0])
+        top = np.argpartition(-masked, n - 1)[:n]
+        top = top[np.isfinite(masked[top])]
+        return SourceResult(top.astype(np.int64), scores[top])
+
+    def score(self, ctx: RequestContext, items: np.ndarray) -> np.ndarray | None:
+        scores = self.scores(ctx)
+        return None if scores is None else scores[items]
+
+    def reason(self, ctx: RequestContext, item: int, anchor: int) -> str:
+        items, weights = self.basket(ctx)
+        if items.shape[0] == 0:
+            return "often chosen together with items you liked"
+        column = np.asarray(ctx.model.item_item[items][:, item].todense()).ravel() * weights
+        best = int(items[int(np.argmax(column))])
+        return f"often chosen by people who also chose {ctx.model.item_titles[best]}"
+
+
 class Popularity(CandidateSource):
     """The most popular items (weighted, decayed by age): cold start and fill-up."""
 
@@ -219,4 +280,4 @@ class Popularity(CandidateSource):
 
 @hookimpl
 def hybridrec_register_stages() -> list[type]:
-    return [FaissCF, FaissContent, Popularity]
+    return [FaissCF, FaissContent, ItemItem, Popularity]

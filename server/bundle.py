@@ -17,6 +17,7 @@ from typing import Any
 
 import faiss
 import numpy as np
+import scipy.sparse as sp
 
 from .errors import BundleError
 
@@ -37,6 +38,9 @@ ARRAYS: dict[str, int] = {
     "history_weights": 1,
     "history_last_ts": 1,
     "history_event": 1,
+    "item_item_indptr": 1,
+    "item_item_indices": 1,
+    "item_item_data": 1,
 }
 INDEXES = ("cf", "content")
 
@@ -64,6 +68,7 @@ class Model:
     user_index: dict[str, int] = field(repr=False)
     item_index: dict[str, int] = field(repr=False)
     popular_order: np.ndarray = field(repr=False)
+    item_item: sp.csr_matrix = field(repr=False)
 
     @property
     def version(self) -> str:
@@ -215,6 +220,10 @@ def load_model(model_dir: str | Path, verify_checksums: bool = True, mmap: bool 
         item_index={str(v): i for i, v in enumerate(item_ids.tolist())},
         # Stable sort: ties keep catalogue order, so popularity results are deterministic.
         popular_order=np.argsort(-popularity, kind="stable").astype(np.int64),
+        item_item=sp.csr_matrix(
+            (arrays.pop("item_item_data"), arrays.pop("item_item_indices"), arrays.pop("item_item_indptr")),
+            shape=(item_ids.shape[0], item_ids.shape[0]),
+        ),
         **arrays,
     )
 
@@ -232,6 +241,11 @@ def _check_shapes(model_dir: Path, a: dict[str, np.ndarray], indexes: dict[str, 
         ("cf.faiss", indexes["cf"].ntotal == n_items and indexes["cf"].d == a["item_factors"].shape[1]),
         ("content.faiss", indexes["content"].ntotal == n_items and indexes["content"].d == a["item_content"].shape[1]),
     ]
+    checks.append(("item_item_indptr", a["item_item_indptr"].shape[0] == n_items + 1))
+    checks.append(("item_item_data", a["item_item_data"].shape[0] == a["item_item_indices"].shape[0]
+                   == int(a["item_item_indptr"][-1] if n_items else 0)))
+    checks.append(("item_item_indices", a["item_item_indices"].shape[0] == 0
+                   or int(a["item_item_indices"].max()) < n_items))
     nnz = a["history_items"].shape[0]
     for name in ("history_weights", "history_last_ts", "history_event"):
         checks.append((name, a[name].shape[0] == nnz))

@@ -84,6 +84,20 @@ class ContentConfig:
 
 
 @dataclass
+class ItemItemConfig:
+    """An item-item model: EASE (a dense closed form) or cosine item-kNN (sparse).
+
+    `auto` picks EASE up to `max_dense_items` items and kNN above, where EASE's dense
+    item x item inverse no longer fits the time and memory budget.
+    """
+
+    method: str = "auto"  # auto, ease, knn or none
+    ease_lambda: float = 500.0
+    knn_neighbours: int = 100
+    max_dense_items: int = 6000
+
+
+@dataclass
 class PopularityConfig:
     """Weighted popularity for cold start; decayed by age when half_life_days is set."""
 
@@ -98,6 +112,7 @@ class TrainingConfig:
     events: EventsConfig = field(default_factory=EventsConfig)
     collaborative: CollaborativeConfig = field(default_factory=CollaborativeConfig)
     content: ContentConfig = field(default_factory=ContentConfig)
+    item_item: ItemItemConfig = field(default_factory=ItemItemConfig)
     popularity: PopularityConfig = field(default_factory=PopularityConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -188,6 +203,11 @@ def load_training_config(path: str | Path | None) -> TrainingConfig:
     for name, weight in events.weights.items():
         if not isinstance(weight, (int, float)) or weight < 0:
             raise ConfigError(f"{path}: training.events.weights.{name}: must be a number >= 0, got {weight!r}")
+    if config.item_item.method not in ("auto", "ease", "knn", "none"):
+        raise ConfigError(f"{path}: training.item_item.method: {config.item_item.method!r} is not one of: "
+                          "auto, ease, knn, none")
+    if config.item_item.ease_lambda <= 0 or config.item_item.knn_neighbours < 1:
+        raise ConfigError(f"{path}: training.item_item: ease_lambda must be > 0 and knn_neighbours >= 1")
     if config.collaborative.components < 1:
         raise ConfigError(f"{path}: training.collaborative.components: must be >= 1")
     if config.content.dims < 1:

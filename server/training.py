@@ -19,7 +19,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.preprocessing import normalize
 
 from . import bundle
-from .config import TrainingConfig, fingerprint
+from .config import ItemItemConfig, TrainingConfig, fingerprint
 from .data import Catalogue, EventLog, parse_vectors, read_catalogue, read_events
 from .errors import ConfigError, DataError
 from .progress import Steps
@@ -108,6 +108,60 @@ def content_embeddings(catalogue: Catalogue, n_items: int, fields: list[str], di
     return normalize(dense).astype(np.float32)
 
 
+def ease_matrix(matrix: sp.csr_matrix, lam: float) -> np.ndarray:
+    """EASE (Steck, 2019): B = I - P diagMat(1 / diag(P)), P = (X'X + lam I)^-1, diag(B) = 0."""
+    gram = (matrix.T @ matrix).toarray().astype(np.float64)
+    gram[np.diag_indices_from(gram)] += lam
+    inverse = np.linalg.inv(gram)
+    weights = -inverse / np.diag(inverse)
+    np.fill_diagonal(weights, 0.0)
+    return weights.astype(np.float32)
+
+
+def knn_matrix(matrix: sp.csr_matrix, neighbours: int) -> sp.csr_matrix:
+    """Cosine item-item similarities, keeping each item's `neighbours` strongest (sparse throughout)."""
+    items = normalize(matrix.T.tocsr().astype(np.float32))
+    sims = (items @ items.T).tocsr()
+    sims.setdiag(0.0)
+    sims.eliminate_zeros()
+    rows, cols, vals = [], [], []
+    for row in range(sims.shape[0]):
+        lo, hi = sims.indptr[row], sims.indptr[row + 1]
+        if hi - lo > neighbours:
+            keep = lo + np.argpartition(-sims.data[lo:hi], neighbours - 1)[:neighbours]
+        else:
+            keep = np.arange(lo, hi)
+        rows.append(np.full(keep.shape[0], row, dtype=np.int64))
+        cols.append(sims.indices[keep])
+        vals.append(sims.data[keep])
+    n = sims.shape[0]
+    if not rows:
+        return sp.csr_matrix((n, n), dtype=np.float32)
+    # rows are "from" items: a user's score for j sums sim(i, j) over the items i they have
+    return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n),
+                         dtype=np.float32)
+
+
+def item_item_model(matrix: sp.csr_matrix, config: ItemItemConfig) -> tuple[str, dict[str, np.ndarray]]:
+    """The item-item weights as CSR arrays (row = an item the user has, column = a candidate)."""
+    n = matrix.shape[1]
+    method = config.method
+    if method == "auto":
+        method = "ease" if n <= config.max_dense_items else "knn"
+    if method == "ease":
+        csr = sp.csr_matrix(ease_matrix(matrix, config.ease_lambda))
+    elif method == "knn":
+        csr = knn_matrix(matrix, config.knn_neighbours)
+    else:
+        csr = sp.csr_matrix((n, n), dtype=np.float32)
+    csr.sort_indices()
+    return method, {
+        "item_item_indptr": csr.indptr.astype(np.int64),
+        "item_item_indices": csr.indices.astype(np.int32),
+        "item_item_data": csr.data.astype(np.float32),
+    }
+
+
 def popularity_scores(items: np.ndarray, weights: np.ndarray, timestamps: np.ndarray,
                       n_items: int, half_life_days: float | None) -> np.ndarray:
     """Weighted popularity in [0, 1], decayed exponentially by age when a half-life is set."""
@@ -163,7 +217,7 @@ def user_histories(matrix: sp.csr_matrix, users: np.ndarray, items: np.ndarray,
 def train(events_path: str | Path, items_path: str | Path, config: TrainingConfig,
           out_dir: str | Path, config_path: str | Path | None = None) -> dict[str, Any]:
     """Train a bundle into `out_dir`; returns its manifest."""
-    steps = Steps("train", 7)
+    steps = Steps("train", 8)
     with steps.step(f"reading events {events_path}"):
         events = read_events(events_path, config.events)
     with steps.step(f"reading items {items_path}"):
@@ -178,6 +232,8 @@ def train(events_path: str | Path, items_path: str | Path, config: TrainingConfi
     with steps.step(f"collaborative factors (TruncatedSVD, {config.collaborative.components} components)"):
         user_factors, item_factors = collaborative_factors(
             matrix, config.collaborative.components, config.collaborative.n_iter, config.seed)
+    with steps.step(f"item-item model ({config.item_item.method})"):
+        item_item_method, item_item = item_item_model(matrix, config.item_item)
     with steps.step("content embeddings"):
         content = content_embeddings(catalogue, n_items, config.content.text_fields, config.content.dims,
                                      config.content.max_features, config.content.embedding_column, config.seed)
@@ -199,6 +255,7 @@ def train(events_path: str | Path, items_path: str | Path, config: TrainingConfi
         "item_content": content,
         "popularity": popularity,
         **histories,
+        **item_item,
     }
     data_fingerprint = {"events_sha256": file_sha256(events_path), "items_sha256": file_sha256(items_path)}
     config_dict = config.to_dict()
@@ -214,6 +271,7 @@ def train(events_path: str | Path, items_path: str | Path, config: TrainingConfi
                    "events": int(events.users.shape[0])},
         "event_types": events.event_types,
         "dims": {"cf": int(item_factors.shape[1]), "content": int(content.shape[1])},
+        "item_item": {"method": item_item_method, "nnz": int(item_item["item_item_data"].shape[0])},
     }
     with steps.step(f"writing bundle {out_dir}"):
         bundle.save_bundle(out_dir, arrays, indexes, manifest)

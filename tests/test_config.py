@@ -41,7 +41,7 @@ def test_unknown_plugin(plugins: Plugins, tmp_path: Path) -> None:
     assert str(path) in message
     assert "pipeline 'main'" in message and "candidates stage 1" in message
     assert "unknown candidates plugin 'faiss_cff'" in message
-    assert "valid choices: faiss_cf, faiss_content, popularity" in message
+    assert "valid choices: faiss_cf, faiss_content, item_item, popularity" in message
 
 
 def test_unknown_parameter(plugins: Plugins, tmp_path: Path) -> None:

@@ -50,7 +50,7 @@ def heavy_user(model) -> str:
 def test_builtins_come_from_entry_points() -> None:
     names = {name for name, _ in ALL_PLUGINS.pm.list_name_plugin()}
     assert {"candidates", "filters", "scorers", "rerankers"} <= names
-    assert ALL_PLUGINS.choices("candidates") == ["faiss_cf", "faiss_content", "popularity"]
+    assert ALL_PLUGINS.choices("candidates") == ["faiss_cf", "faiss_content", "item_item", "popularity"]
     assert ALL_PLUGINS.choices("filter") == ["exclude_requested", "exclude_seen"]
     assert ALL_PLUGINS.choices("scorer") == ["weighted_hybrid"]
     assert ALL_PLUGINS.choices("reranker") == ["mmr"]
@@ -367,3 +367,24 @@ def test_faiss_search_skips_excluded_items(factory: str) -> None:
     best = set(np.argsort(-exact)[:10].tolist())
     recall = len(best & set(labels[0].tolist())) / 10
     assert recall >= 0.8, f"{factory} recall {recall}"
+
+
+def test_item_item_scores_are_the_weighted_sum_of_rows(model) -> None:
+    from hybridrec.plugins.candidates import ItemItem
+
+    user = heavy_user(model)
+    ctx = make_ctx(model, user)
+    ctx._cache["excluded"] = np.sort(ctx.history()[0].astype(np.int64))
+    stage = ItemItem("item_item", ItemItem.Params(n=15))
+    result = stage.generate(ctx)
+    items, weights, _, _ = ctx.history()
+    dense = model.item_item.toarray()
+    expected = weights @ dense[items]
+    assert result.scores == pytest.approx(expected[result.items], rel=1e-4, abs=1e-6)
+    assert not np.isin(result.items, items).any()
+    allowed = np.setdiff1d(np.arange(model.num_items), items)
+    best = allowed[np.argsort(-expected[allowed], kind="stable")[:15]]
+    assert set(result.items.tolist()) == set(best.tolist())
+    reason = stage.reason(ctx, int(result.items[0]), -1)
+    assert reason.startswith("often chosen by people who also chose ")
+    assert stage.generate(make_ctx(model, "stranger")) is None

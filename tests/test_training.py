@@ -198,3 +198,41 @@ def test_out_dir_that_is_not_a_bundle_is_never_overwritten(tiny: tuple[Path, Pat
     train(events, items, tiny_config(), tmp_path / "model")
     train(events, items, tiny_config(), tmp_path / "model")
     assert load_model(tmp_path / "model").num_items == 8
+
+
+def test_ease_weights_satisfy_the_closed_form(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    import scipy.sparse as sp
+
+    from hybridrec.server.training import ease_matrix
+
+    x = sp.csr_matrix(np.array([[1, 1, 0, 0], [1, 1, 1, 0], [0, 0, 1, 1], [0, 1, 1, 1]], dtype=np.float32))
+    lam = 0.5
+    b = ease_matrix(x, lam)
+    assert np.allclose(np.diag(b), 0.0)
+    # EASE's stationarity condition: (X'X + lam I) B = X'X - diag(mu) for some mu, so off-diagonal
+    # entries of (X'X + lam I) B - X'X vanish.
+    gram = (x.T @ x).toarray()
+    residual = (gram + lam * np.eye(4)) @ b - gram
+    off = residual - np.diag(np.diag(residual))
+    assert np.abs(off).max() < 1e-4
+
+
+def test_item_item_method_auto_and_knn(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    events, items = tiny
+    config = tiny_config()
+    manifest = train(events, items, config, tmp_path / "ease")
+    assert manifest["item_item"]["method"] == "ease"  # 8 items <= max_dense_items
+    config.item_item.max_dense_items = 4
+    config.item_item.knn_neighbours = 2
+    manifest = train(events, items, config, tmp_path / "knn")
+    assert manifest["item_item"]["method"] == "knn"
+    model = load_model(tmp_path / "knn")
+    per_row = np.diff(model.item_item.indptr)
+    assert per_row.max() <= 2
+    # cosine neighbours of a maths item are maths items
+    i1 = model.item_index["i1"]
+    neighbours = {str(model.item_ids[j]) for j in model.item_item[i1].indices}
+    assert neighbours <= {"i2", "i3"}
+    config.item_item.method = "none"
+    train(events, items, config, tmp_path / "none")
+    assert load_model(tmp_path / "none").item_item.nnz == 0
