@@ -105,7 +105,8 @@ class FaissContent(CandidateSource):
     """Content neighbours of the user's most recent and strongest items and of context items.
 
     A candidate's score is its best cosine similarity to a seed, scaled by how strong that
-    seed is (0.5 to 1.0), and its anchor is that seed, which the explanation names.
+    seed is (0.5 to 1.0), or with `aggregate: mean` its strength-weighted mean similarity to
+    all seeds (a taste profile); its anchor is the most similar seed, which the explanation names.
     """
 
     plugin_name = "faiss_content"
@@ -116,9 +117,12 @@ class FaissContent(CandidateSource):
         seeds: int = 10  # history items used as seeds
         recency_half_life_days: float = 30.0  # a seed's strength halves with this age
         context_weight: float = 2.0  # strength of a context item relative to the strongest history item
+        aggregate: str = "max"  # max: best seed similarity; mean: strength-weighted mean over seeds
 
     def validate(self) -> None:
         p = self.params
+        if p.aggregate not in ("max", "mean"):
+            raise ValueError("aggregate must be one of: max, mean")
         if p.n < 1 or p.seeds < 0:
             raise ValueError("n must be >= 1 and seeds >= 0")
         if p.recency_half_life_days <= 0:
@@ -167,7 +171,11 @@ class FaissContent(CandidateSource):
         sims = ctx.model.item_content[items] @ ctx.model.item_content[seeds].T
         weighted = sims * (0.5 + 0.5 * strength)[None, :]
         best = np.argmax(weighted, axis=1)
-        return weighted[np.arange(items.shape[0]), best].astype(np.float32), seeds[best]
+        if self.params.aggregate == "mean":
+            scores = sims @ (strength / max(float(strength.sum()), 1e-12))
+        else:
+            scores = weighted[np.arange(items.shape[0]), best]
+        return scores.astype(np.float32), seeds[best]
 
     def score(self, ctx: RequestContext, items: np.ndarray) -> np.ndarray | None:
         if self.seeds(ctx)[0].shape[0] == 0:

@@ -1,4 +1,5 @@
-"""The `hybridrec` command: train, serve, demo, recommend, similar, info, demo-data, convert-movielens."""
+"""The `hybridrec` command: train, serve, demo, recommend, similar, info, evaluate, tune, demo-data,
+convert-movielens."""
 from __future__ import annotations
 
 import argparse
@@ -123,6 +124,54 @@ def _cmd_convert_movielens(args: argparse.Namespace) -> int:
     return 0
 
 
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _quiet_training(args: argparse.Namespace) -> None:
+    """Evaluation and tuning train several bundles: their step logs would drown the progress."""
+    if not args.verbose:
+        logging.getLogger("hybridrec").setLevel(logging.WARNING)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate
+    from .reports import write_reports
+
+    _quiet_training(args)
+    report = evaluate(args.data, args.config, split=args.split, test_ratio=args.test_ratio, seed=args.seed,
+                      ks=args.k, pipelines=args.pipelines, cold_start=not args.no_cold_start, progress=_progress)
+    paths = write_reports(args.out, report)
+    ks = report["ks"]
+    k = 10 if 10 in ks else ks[0]
+    cols = ["precision", "recall", "ndcg", "map", "hitrate", "mrr", "coverage", "ild", "novelty"]
+    rows = [[name] + [f"{entry['metrics'][f'{c}@{k}']:.4f}" for c in cols]
+            for name, entry in report["pipelines"].items()]
+    print(_table(rows, ["pipeline"] + [f"{c}@{k}" for c in cols]))
+    cold = report.get("cold_start_items")
+    if cold and "ratio" in cold:
+        print(f"cold-start items: content recall@10 {cold['recall@10']:.4f} vs random "
+              f"{cold['random_recall@10']:.4f} ({cold['ratio']:.1f}x) over {cold['held_out_items']} held-out items")
+    print(f"evaluated in {report['seconds']} s; reports: {', '.join(str(p) for p in paths.values())}")
+    return 0
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from .tuning import tune
+
+    _quiet_training(args)
+    result = tune(args.data, args.config, args.out, pipeline=args.pipeline, seed=args.seed, progress=_progress)
+    print(f"validation ndcg@10 {result['validation_ndcg@10']:.4f} after {len(result['trials'])} trials "
+          f"in {result['seconds']} s")
+    training = result["training"]
+    print(f"chosen: collaborative.components {training['collaborative']['components']}, "
+          f"item_item.ease_lambda {training['item_item']['ease_lambda']}, "
+          f"events.weights {training['events']['weights']}, weights {result['weights']}, "
+          f"mmr lambda {result['mmr_lambda']}")
+    print(f"wrote {args.out}")
+    return 0
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -181,6 +230,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default=DEFAULT_TARGET)
     p.add_argument("--timeout", type=float, default=5.0)
     p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("evaluate", help="offline evaluation of every pipeline of a config on a dataset")
+    p.add_argument("--data", required=True, type=Path,
+                   help="a MovieLens 100K or latest-small folder, or a folder with events.csv and items.csv")
+    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    p.add_argument("--split", default="random", choices=["random", "temporal", "leave_last"])
+    p.add_argument("--test-ratio", type=float, default=0.25)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("-k", "--k", type=_positive, nargs="+", default=[5, 10, 20], help="cut-offs")
+    p.add_argument("--pipelines", nargs="+", default=None, help="default: every pipeline of the config")
+    p.add_argument("--no-cold-start", action="store_true", help="skip the cold-start item and user runs")
+    p.add_argument("--out", type=Path, default=Path("reports"), help="where report.md/json and PNGs go")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("tune", help="tune hyperparameters on a validation split; write the tuned config")
+    p.add_argument("--data", required=True, type=Path)
+    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="the config to start from")
+    p.add_argument("--out", required=True, type=Path, help="tuned config YAML to write")
+    p.add_argument("--pipeline", default="hybrid", help="the pipeline whose ndcg@10 is maximised")
+    p.add_argument("--seed", type=int, default=42)
+    p.set_defaults(func=_cmd_tune)
 
     p = sub.add_parser("demo-data", help="write a synthetic learning-marketplace dataset")
     p.add_argument("--out", required=True, type=Path)

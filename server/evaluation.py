@@ -1,87 +1,264 @@
-"""Offline evaluation through the serving code path: split, recommend in-process, score.
+"""`hybridrec evaluate`: split a dataset, train on one side, score every pipeline on the other.
 
 The recommender evaluated is the very `Pipeline` the server runs, built from the same YAML
-and called through `RecommenderService.recommend`.
+and called in-process through `RecommenderService.recommend`: there is no second
+implementation of any stage here, only data handling and metrics.
 """
 from __future__ import annotations
 
 import csv
-from collections import defaultdict
+import logging
+import tempfile
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
 from hybridrec.v1 import recommender_pb2 as pb
 
+from . import metrics, splits
+from .app import load_state
+from .config import TrainingConfig, load_training_config
+from .errors import DataError
+from .movielens import convert
+from .pipeline import Pipeline
 from .service import RecommenderService
+from .training import train
 
+log = logging.getLogger("hybridrec")
 
-def split_events_per_user(events_path: str | Path, train_path: str | Path, test_ratio: float = 0.25,
-                          seed: int = 42) -> dict[str, set[str]]:
-    """Per-user random holdout of (user, item) pairs: every event of a held-out pair goes to
-    the test set, the rest is written to `train_path`. Users with one pair keep it in train.
-
-    Returns the held-out items per user.
-    """
-    with Path(events_path).open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        header = reader.fieldnames or []
-        rows = list(reader)
-    pairs: dict[str, list[str]] = defaultdict(list)
-    for row in rows:
-        items = pairs[row["user_id"]]
-        if row["item_id"] not in items:
-            items.append(row["item_id"])
-    rng = np.random.default_rng(seed)
-    held: dict[str, set[str]] = {}
-    for user, items in pairs.items():
-        n_test = int(round(len(items) * test_ratio))
-        if len(items) < 2 or n_test == 0:
-            continue
-        chosen = rng.choice(len(items), size=n_test, replace=False)
-        held[user] = {items[i] for i in chosen}
-    with Path(train_path).open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=header)
-        writer.writeheader()
-        writer.writerows(r for r in rows if r["item_id"] not in held.get(r["user_id"], ()))
-    return held
-
-
-def ndcg_at_k(recommended: list[str], relevant: set[str], k: int) -> float:
-    """Binary-relevance NDCG@k."""
-    gains = [1.0 / np.log2(i + 2) for i, item in enumerate(recommended[:k]) if item in relevant]
-    ideal = sum(1.0 / np.log2(i + 2) for i in range(min(k, len(relevant))))
-    return float(sum(gains) / ideal) if ideal > 0 else 0.0
-
-
-def precision_at_k(recommended: list[str], relevant: set[str], k: int) -> float:
-    return sum(1 for item in recommended[:k] if item in relevant) / k
-
-
-def recall_at_k(recommended: list[str], relevant: set[str], k: int) -> float:
-    return sum(1 for item in recommended[:k] if item in relevant) / len(relevant) if relevant else 0.0
+SPLITS = ("random", "temporal", "leave_last")
+DEFAULT_LAMBDAS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.3)
 
 
 @dataclass
-class Scores:
-    """Mean metrics of one pipeline over the evaluated users."""
+class EventTable:
+    """An events CSV held in memory: the raw rows plus the columns splits need."""
 
-    pipeline: str
-    users: int
-    ndcg: float
-    precision: float
-    recall: float
+    header: list[str]
+    rows: list[dict[str, str]]
+    users: np.ndarray
+    items: np.ndarray
+    timestamps: np.ndarray
+
+    @classmethod
+    def read(cls, path: Path) -> "EventTable":
+        from .data import parse_timestamp
+
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            rows = list(reader)
+            header = list(reader.fieldnames or [])
+        stamps = [parse_timestamp(r.get("timestamp") or "") for r in rows]
+        return cls(header, rows, np.array([r["user_id"] for r in rows]), np.array([r["item_id"] for r in rows]),
+                   np.array([s if s is not None else 0 for s in stamps], dtype=np.int64))
+
+    def write(self, path: Path, keep: np.ndarray) -> Path:
+        with path.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=self.header)
+            writer.writeheader()
+            writer.writerows(row for row, k in zip(self.rows, keep.tolist()) if k)
+        return path
 
 
-def evaluate(service: RecommenderService, pipeline: str, held_out: dict[str, set[str]], k: int = 10) -> Scores:
-    """Mean NDCG/precision/recall@k of `pipeline` over every user with held-out items."""
-    ndcg, prec, rec = [], [], []
+def prepare_dataset(src: str | Path, workdir: Path) -> tuple[str, Path, Path]:
+    """(name, events.csv, items.csv) from a MovieLens folder or a folder with our two CSVs."""
+    src = Path(src)
+    if (src / "events.csv").is_file() and (src / "items.csv").is_file():
+        return src.name, src / "events.csv", src / "items.csv"
+    if not src.is_dir():
+        raise DataError(f"dataset {src} does not exist")
+    try:
+        paths = convert(src, workdir / "data")
+    except ValueError as exc:
+        raise DataError(f"{exc}; or events.csv and items.csv (hybridrec's own format)") from None
+    return src.name, paths["events"], paths["items"]
+
+
+def split_mask(table: EventTable, split: str, test_ratio: float, seed: int, last_n: int = 1) -> np.ndarray:
+    """The test rows of one of the protocol splits."""
+    if split == "random":
+        return splits.random_holdout(table.users, table.items, test_ratio, seed)
+    if split == "temporal":
+        return splits.temporal_split(table.timestamps, test_ratio)
+    if split == "leave_last":
+        return splits.leave_last_n(table.users, table.items, table.timestamps, last_n)
+    raise DataError(f"split {split!r} is not one of: {', '.join(SPLITS)}")
+
+
+@contextmanager
+def trained(table: EventTable, keep: np.ndarray, items_csv: Path, config: TrainingConfig,
+            pipelines_config: Path, workdir: Path, tag: str) -> Iterator[RecommenderService]:
+    """Train on the kept rows and yield an in-process service over the result."""
+    train_csv = table.write(workdir / f"train-{tag}.csv", keep)
+    train(train_csv, items_csv, config, workdir / f"model-{tag}")
+    yield RecommenderService(load_state(workdir / f"model-{tag}", pipelines_config))
+
+
+def recommend_all(service: RecommenderService, pipeline: str, users: Sequence[str], k: int,
+                  contexts: Sequence[Sequence[str]] | None = None) -> np.ndarray:
+    """Top-k item indices for each user (padded with -1), through the serving code path."""
+    recs = np.full((len(users), k), -1, dtype=np.int64)
+    for row, user in enumerate(users):
+        request = pb.RecommendRequest(user_id=user, k=k, pipeline=pipeline,
+                                      context_item_ids=list(contexts[row]) if contexts else [])
+        result, _, _ = service.recommend(request)
+        chosen = result.candidates.items[result.ranked]
+        recs[row, : chosen.shape[0]] = chosen
+    return recs
+
+
+def relevant_indices(service: RecommenderService, held: dict[Any, np.ndarray]) -> tuple[list[str], list[np.ndarray]]:
+    """Users and their held-out items as model indices; items the model lacks get indices
+    past the catalogue, so they count as relevant but can never be hit."""
+    index = service.state.model.item_index
+    n = service.state.model.num_items
+    users, relevant = [], []
+    for user, items in held.items():
+        mapped = [index.get(str(i), n + j) for j, i in enumerate(items.tolist())]
+        users.append(str(user))
+        relevant.append(np.asarray(mapped, dtype=np.int64))
+    return users, relevant
+
+
+def score_lists(service: RecommenderService, recs: np.ndarray, relevant: list[np.ndarray],
+                ks: Sequence[int]) -> dict[str, float]:
+    """Accuracy metrics at every k, and coverage, diversity, novelty and popularity bias."""
     model = service.state.model
-    for user, relevant in held_out.items():
-        result, ctx, _ = service.recommend(pb.RecommendRequest(user_id=user, k=k, pipeline=pipeline))
-        recommended = [str(model.item_ids[result.candidates.items[p]]) for p in result.ranked]
-        ndcg.append(ndcg_at_k(recommended, relevant, k))
-        prec.append(precision_at_k(recommended, relevant, k))
-        rec.append(recall_at_k(recommended, relevant, k))
-    return Scores(pipeline, len(held_out), float(np.mean(ndcg)), float(np.mean(prec)), float(np.mean(rec)))
+    counts = np.bincount(model.history_items, minlength=model.num_items)
+    result = metrics.ranking_metrics(recs, relevant, ks)
+    for k in ks:
+        result[f"coverage@{k}"] = metrics.catalog_coverage(recs, model.num_items, k)
+        result[f"ild@{k}"] = metrics.intra_list_diversity(recs, model.item_content, k)
+        result[f"novelty@{k}"] = metrics.novelty(recs, counts, model.num_users, k)
+        result[f"popularity_bias@{k}"] = metrics.popularity_bias(recs, counts, k)
+    return result
+
+
+def mmr_stage(pipeline: Pipeline):
+    return next((r for r in pipeline.rerankers if r.plugin_name == "mmr"), None)
+
+
+def mmr_curve(service: RecommenderService, name: str, users: list[str], relevant: list[np.ndarray],
+              lambdas: Sequence[float], k: int = 10) -> list[dict[str, float]]:
+    """NDCG@k and ILD@k of a pipeline as its MMR lambda varies (restored afterwards)."""
+    stage = mmr_stage(service.state.config.pipelines[name])
+    original = stage.params.lambda_weight
+    points = []
+    try:
+        for lam in lambdas:
+            stage.params.lambda_weight = lam
+            recs = recommend_all(service, name, users, k)
+            found = metrics.ranking_metrics(recs, relevant, (k,))
+            points.append({"lambda": lam, f"ndcg@{k}": found[f"ndcg@{k}"], f"precision@{k}": found[f"precision@{k}"],
+                           f"ild@{k}": metrics.intra_list_diversity(recs, service.state.model.item_content, k)})
+    finally:
+        stage.params.lambda_weight = original
+    return points
+
+
+def cold_start_items_section(table: EventTable, items_csv: Path, config: TrainingConfig, pipelines_config: Path,
+                             workdir: Path, pipeline: str, fraction: float, seed: int, k: int = 10) -> dict[str, Any]:
+    """Hold out whole items; rank only them by the content source of `pipeline`; compare with random."""
+    test = splits.cold_start_items(table.items, fraction, seed)
+    with trained(table, ~test, items_csv, config, pipelines_config, workdir, "cold-items") as service:
+        model = service.state.model
+        source = next((s for s in service.state.config.pipelines[pipeline].sources
+                       if s.plugin_name == "faiss_content"), None)
+        if source is None:
+            return {"skipped": f"pipeline {pipeline!r} has no faiss_content source"}
+        cold = np.unique([model.item_index[i] for i in np.unique(table.items[test]).tolist() if i in model.item_index])
+        held = splits.held_out_items(table.users, table.items, test)
+        recalls = []
+        for user, items in held.items():
+            request = pb.RecommendRequest(user_id=str(user), k=k)
+            _, ctx, _ = service.recommend(request)
+            scores = source.score(ctx, cold)
+            if scores is None:
+                continue
+            top = cold[np.argsort(-scores, kind="stable")[:k]]
+            relevant = {model.item_index[i] for i in items.tolist() if i in model.item_index}
+            recalls.append(len(relevant & set(top.tolist())) / len(relevant))
+    recall = float(np.mean(recalls)) if recalls else 0.0
+    random_recall = metrics.random_recall_at_k(cold.shape[0], k)
+    return {"held_out_items": int(cold.shape[0]), "users": len(recalls), f"recall@{k}": recall,
+            f"random_recall@{k}": random_recall, "ratio": recall / random_recall if random_recall else 0.0}
+
+
+def cold_start_users_section(table: EventTable, items_csv: Path, config: TrainingConfig, pipelines_config: Path,
+                             workdir: Path, pipelines: Sequence[str], fraction: float, n_context: int, seed: int,
+                             ks: Sequence[int]) -> dict[str, Any]:
+    """Hold out whole users; give their first events as request context; score the rest."""
+    context, test = splits.cold_start_users(table.users, table.items, table.timestamps, fraction, n_context, seed)
+    with trained(table, ~(context | test), items_csv, config, pipelines_config, workdir, "cold-users") as service:
+        contexts = splits.held_out_items(table.users, table.items, context)
+        held = splits.held_out_items(table.users, table.items, test)
+        users, relevant = relevant_indices(service, held)
+        by_user = {str(u): v for u, v in contexts.items()}
+        ctx_lists = [[str(i) for i in by_user.get(u, np.array([])).tolist()] for u in users]
+        anonymous = [""] * len(users)
+        out = {}
+        for name in pipelines:
+            recs = recommend_all(service, name, anonymous, max(ks), ctx_lists)
+            out[name] = metrics.ranking_metrics(recs, relevant, ks)
+    return {"users": len(users), "context_items": n_context, "metrics": out}
+
+
+def evaluate(data: str | Path, config_path: str | Path, split: str = "random", test_ratio: float = 0.25,
+             seed: int = 42, ks: Sequence[int] = (5, 10, 20), pipelines: Sequence[str] | None = None,
+             lambdas: Sequence[float] = DEFAULT_LAMBDAS, cold_start: bool = True,
+             progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run the whole evaluation and return the report dict (see `reports.write_reports`)."""
+    say = progress or (lambda message: log.info("%s", message))
+    started = time.perf_counter()
+    config_path = Path(config_path)
+    config = load_training_config(config_path)
+    ks = sorted(set(int(k) for k in ks))
+    with tempfile.TemporaryDirectory(prefix="hybridrec-eval-") as tmp:
+        workdir = Path(tmp)
+        name, events_csv, items_csv = prepare_dataset(data, workdir)
+        table = EventTable.read(events_csv)
+        test = split_mask(table, split, test_ratio, seed)
+        say(f"{name}: {len(table.rows)} events, split {split}: {int(test.sum())} test rows")
+        t0 = time.perf_counter()
+        with trained(table, ~test, items_csv, config, config_path, workdir, "main") as service:
+            model = service.state.model
+            report: dict[str, Any] = {
+                "dataset": name, "split": f"{split} (test ratio {test_ratio}, seed {seed})", "ks": ks,
+                "train": {"users": model.num_users, "items": model.num_items, "events": int((~test).sum()),
+                          "seconds": round(time.perf_counter() - t0, 2)},
+                "pipelines": {},
+            }
+            names = list(pipelines or service.state.config.pipelines)
+            unknown = [p for p in names if p not in service.state.config.pipelines]
+            if unknown:
+                raise DataError(f"pipeline {unknown[0]!r} is not in {config_path}; available: "
+                                f"{', '.join(service.state.config.pipelines)}")
+            users, relevant = relevant_indices(service, splits.held_out_items(table.users, table.items, test))
+            for pipeline in names:
+                t1 = time.perf_counter()
+                recs = recommend_all(service, pipeline, users, max(ks))
+                scores = score_lists(service, recs, relevant, ks)
+                report["pipelines"][pipeline] = {"metrics": scores, "users": len(users),
+                                                 "seconds": round(time.perf_counter() - t1, 2)}
+                say(f"  {pipeline:<16} ndcg@10 {scores.get('ndcg@10', float('nan')):.4f}  "
+                    f"precision@10 {scores.get('precision@10', float('nan')):.4f}  ({len(users)} users)")
+            report["best"] = max(names, key=lambda p: report["pipelines"][p]["metrics"].get("ndcg@10", 0.0))
+            with_mmr = [p for p in names if mmr_stage(service.state.config.pipelines[p]) is not None]
+            if with_mmr and lambdas:
+                say(f"MMR curve of {with_mmr[0]} over lambda {', '.join(str(x) for x in lambdas)}")
+                report["mmr_curve"] = {"pipeline": with_mmr[0],
+                                       "default_lambda": mmr_stage(service.state.config.pipelines[with_mmr[0]]).params.lambda_weight,
+                                       "points": mmr_curve(service, with_mmr[0], users, relevant, lambdas)}
+        if cold_start:
+            say("cold-start items: holding out 10% of items with all their events")
+            report["cold_start_items"] = cold_start_items_section(
+                table, items_csv, config, config_path, workdir, report["best"], 0.1, seed)
+            say("cold-start users: holding out 10% of users; their first 5 items are the context")
+            report["cold_start_users"] = cold_start_users_section(
+                table, items_csv, config, config_path, workdir, names, 0.1, 5, seed, ks)
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    return report

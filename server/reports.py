@@ -1,0 +1,289 @@
+"""Writing an evaluation report (see `evaluation.evaluate`) as JSON, Markdown and PNG charts.
+
+matplotlib is imported only when charts are drawn, so importing this module stays cheap.
+"""
+from __future__ import annotations
+
+import json
+import math
+import numbers
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+ACCURACY = ("precision", "recall", "ndcg", "map", "hitrate", "mrr")
+BEYOND_ACCURACY = ("coverage", "ild", "novelty", "popularity_bias")
+MAIN_METRICS = ACCURACY + BEYOND_ACCURACY
+CHART_METRICS = ("precision", "recall", "ndcg", "map")
+MAIN_K = 10
+DPI = 120
+MISSING = "–"
+
+
+def write_reports(out_dir: str | Path, report: dict) -> dict[str, Path]:
+    """Write ``report.json``, ``report.md`` and PNG charts into ``out_dir`` (created).
+
+    Returns the written paths under the keys ``json``, ``markdown``, ``metrics_png`` and,
+    when the report has an MMR curve, ``mmr_png``.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    k = main_k(report)
+    paths = {"json": out / "report.json", "markdown": out / "report.md", "metrics_png": out / "metrics.png"}
+    points = (report.get("mmr_curve") or {}).get("points") or []
+    if points:
+        paths["mmr_png"] = out / "mmr_tradeoff.png"
+
+    paths["json"].write_text(json.dumps(report, indent=2, sort_keys=True, default=_json_default) + "\n",
+                             encoding="utf-8")
+    plot_metrics(report.get("pipelines") or {}, k, paths["metrics_png"])
+    if points:
+        plot_mmr_tradeoff(report["mmr_curve"], paths["mmr_png"])
+    charts = {key: path.name for key, path in paths.items() if key.endswith("_png")}
+    paths["markdown"].write_text(render_markdown(report, charts), encoding="utf-8")
+    return paths
+
+
+def report_ks(report: dict) -> list[int]:
+    """The report's cut-offs: its ``ks``, or else the k of every ``metric@k`` key present."""
+    ks = report.get("ks")
+    if ks is not None:
+        return [int(k) for k in ks]
+    found = {key.rpartition("@")[2] for entry in (report.get("pipelines") or {}).values()
+             for key in (entry.get("metrics") or {})}
+    return sorted(int(k) for k in found if k.isdigit())
+
+
+def main_k(report: dict) -> int:
+    """The cut-off of the headline table: 10, or the report's first k when 10 was not evaluated."""
+    ks = report_ks(report)
+    return MAIN_K if MAIN_K in ks or not ks else ks[0]
+
+
+def _json_default(value: Any) -> Any:
+    # numpy scalars and arrays expose item()/tolist(); anything else is an error as usual.
+    for method in ("tolist", "item"):
+        if hasattr(value, method):
+            return getattr(value, method)()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def render_markdown(report: dict, charts: dict[str, str] | None = None) -> str:
+    """The report as Markdown; ``charts`` maps chart keys (``metrics_png``...) to file names."""
+    charts = charts or {}
+    k = main_k(report)
+    parts = [
+        _overview(report, k),
+        _main_table(report.get("pipelines") or {}, k, charts.get("metrics_png")),
+        _all_metrics_table(report.get("pipelines") or {}, report_ks(report) or [k]),
+        _mmr_section(report.get("mmr_curve"), charts.get("mmr_png")),
+        _cold_items_section(report.get("cold_start_items")),
+        _cold_users_section(report.get("cold_start_users"), k),
+        _charts_section(charts),
+    ]
+    return "\n".join(part for part in parts if part)
+
+
+def _fmt(value: Any) -> str:
+    """A table cell: reals to 4 decimals, integers as they are, None as a dash."""
+    if value is None:
+        return MISSING
+    if isinstance(value, (bool, str)) or not isinstance(value, numbers.Real):
+        return str(value)
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    return "nan" if math.isnan(value) else f"{float(value):.4f}"
+
+
+def _fmt_metric(value: Any) -> str:
+    """A metric cell: always 4 decimals, even when the value happens to be an int."""
+    is_number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    return _fmt(float(value) if is_number else value)
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _overview(report: dict, k: int) -> str:
+    train = report.get("train") or {}
+    lines = [f"# Evaluation report: {report.get('dataset', 'unknown dataset')}", "",
+             f"- **Dataset:** {report.get('dataset', MISSING)}",
+             f"- **Split:** {report.get('split', MISSING)}"]
+    if train:
+        lines.append(f"- **Train:** {train.get('users', MISSING)} users, {train.get('items', MISSING)} items, "
+                     f"{train.get('events', MISSING)} events"
+                     + (f", trained in {train['seconds']} s" if "seconds" in train else ""))
+    if report_ks(report):
+        lines.append(f"- **Cut-offs k:** {', '.join(str(x) for x in report_ks(report))}")
+    if report.get("best"):
+        lines.append(f"- **Best pipeline by ndcg@{k}:** {report['best']}")
+    if "seconds" in report:
+        lines.append(f"- **Total time:** {report['seconds']} s")
+    return "\n".join(lines) + "\n"
+
+
+def _best_values(pipelines: dict, keys: Sequence[str]) -> dict[str, float]:
+    """The highest finite value of each key across pipelines."""
+    best = {}
+    for key in keys:
+        values = [float(entry["metrics"][key]) for entry in pipelines.values()
+                  if key in (entry.get("metrics") or {}) and not math.isnan(float(entry["metrics"][key]))]
+        if values:
+            best[key] = max(values)
+    return best
+
+
+def _main_table(pipelines: dict, k: int, chart: str | None) -> str:
+    keys = [f"{name}@{k}" for name in MAIN_METRICS]
+    best = _best_values(pipelines, [f"{name}@{k}" for name in ACCURACY])
+    rows = []
+    for pipeline, entry in pipelines.items():
+        found = entry.get("metrics") or {}
+        cells = [_fmt_metric(found.get(key)) for key in keys]
+        # Bold every pipeline that ties for the best value of an accuracy column.
+        cells = [f"**{cell}**" if key in best and key in found and float(found[key]) == best[key] else cell
+                 for key, cell in zip(keys, cells)]
+        rows.append([pipeline, *cells])
+    text = f"## Main metrics @{k}\n\nBest value of each accuracy column in bold.\n\n"
+    text += _table(["pipeline", *keys], rows) if rows else "No pipelines were evaluated.\n"
+    if chart:
+        text += f"\n![precision, recall, NDCG and MAP @{k} per pipeline]({chart})\n"
+    return text
+
+
+def _metric_order(pipelines: dict, ks: Sequence[int]) -> list[str]:
+    """Every metric key in the report: known metrics by k, then any others alphabetically."""
+    present = {key for entry in pipelines.values() for key in (entry.get("metrics") or {})}
+    ordered = [f"{name}@{k}" for k in ks for name in MAIN_METRICS if f"{name}@{k}" in present]
+    return ordered + sorted(present - set(ordered))
+
+
+def _all_metrics_table(pipelines: dict, ks: Sequence[int]) -> str:
+    if not pipelines:
+        return ""
+    names = list(pipelines)
+    rows = [[key, *(_fmt_metric((pipelines[p].get("metrics") or {}).get(key)) for p in names)]
+            for key in _metric_order(pipelines, ks)]
+    info = [["users evaluated", *(_fmt(pipelines[p].get("users")) for p in names)],
+            ["seconds", *(str(pipelines[p].get("seconds", MISSING)) for p in names)]]
+    return "## All metrics\n\n" + _table(["metric", *names], rows + info)
+
+
+def _mmr_section(curve: dict | None, chart: str | None) -> str:
+    points = (curve or {}).get("points") or []
+    if not points:
+        return ""
+    columns = [key for key in points[0] if key != "lambda"]
+    default = curve.get("default_lambda")
+    rows = [[_lambda_label(point.get("lambda")) + (" (default)" if point.get("lambda") == default else ""),
+             *(_fmt(point.get(key)) for key in columns)] for point in points]
+    text = (f"## MMR trade-off: {curve.get('pipeline', MISSING)}\n\n"
+            "λ = 1 ranks by relevance only; lower λ trades relevance for diversity.\n\n")
+    text += _table(["λ", *columns], rows)
+    if chart:
+        text += f"\n![NDCG against intra-list diversity for each λ]({chart})\n"
+    return text
+
+
+def _lambda_label(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, numbers.Real) else str(value)
+
+
+def _cold_items_section(section: dict | None) -> str:
+    if not section:
+        return ""
+    text = "## Cold-start items\n\n"
+    if "skipped" in section:
+        return text + f"Skipped: {section['skipped']}\n"
+    text += ("Whole items held out of training (with every event); the held-out items are ranked for "
+             "each user by content alone and compared with a random ranking.\n\n")
+    return text + _table(["measure", "value"], [[key, _fmt(value)] for key, value in section.items()])
+
+
+def _cold_users_section(section: dict | None, k: int) -> str:
+    if not section:
+        return ""
+    context = section.get("context_items")
+    text = (f"## Cold-start users\n\n{_fmt(section.get('users'))} users held out of training entirely; "
+            f"their first {context if context is not None else 'few'} items are given as request context.\n\n")
+    by_pipeline = section.get("metrics") or {}
+    keys = [f"{name}@{k}" for name in ACCURACY]
+    rows = [[name, *(_fmt_metric((found or {}).get(key)) for key in keys)] for name, found in by_pipeline.items()]
+    return text + (_table(["pipeline", *keys], rows) if rows else "No pipelines were evaluated.\n")
+
+
+def _charts_section(charts: dict[str, str]) -> str:
+    if not charts:
+        return ""
+    return "## Charts\n\n" + "\n".join(f"- [{name}]({name})" for name in charts.values()) + "\n"
+
+
+def _new_figure(width: float, height: float):
+    """A figure on the Agg canvas, independent of pyplot's global state and backend."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=DPI)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def plot_metrics(pipelines: dict, k: int, path: Path) -> Path:
+    """Grouped bars of precision, recall, NDCG and MAP @k, one group per pipeline."""
+    import numpy as np
+
+    names = list(pipelines)
+    figure = _new_figure(max(6.0, 1.3 * len(names) + 2.5), 4.5)
+    axes = figure.add_subplot()
+    width = 0.8 / len(CHART_METRICS)
+    positions = np.arange(len(names))
+    for offset, metric in enumerate(CHART_METRICS):
+        key = f"{metric}@{k}"
+        heights = [float((pipelines[n].get("metrics") or {}).get(key, float("nan"))) for n in names]
+        axes.bar(positions + (offset - (len(CHART_METRICS) - 1) / 2) * width, heights, width, label=key)
+    axes.set_xticks(positions, names, rotation=20 if len(names) > 4 else 0, ha="right" if len(names) > 4 else "center")
+    axes.set_ylabel("score")
+    axes.set_title(f"Accuracy @{k} per pipeline")
+    axes.grid(axis="y", alpha=0.3)
+    if names:
+        axes.legend(ncols=len(CHART_METRICS), loc="upper center", bbox_to_anchor=(0.5, -0.15), frameon=False)
+    else:
+        axes.text(0.5, 0.5, "no pipelines evaluated", ha="center", va="center", transform=axes.transAxes)
+    figure.tight_layout()
+    figure.savefig(path)
+    return path
+
+
+def plot_mmr_tradeoff(curve: dict, path: Path) -> Path:
+    """NDCG (x) against intra-list diversity (y) for each MMR λ, points labelled with λ."""
+    points = curve.get("points") or []
+    ndcg_key = _curve_key(points, "ndcg@")
+    ild_key = _curve_key(points, "ild@")
+    x = [float(p.get(ndcg_key, float("nan"))) for p in points]
+    y = [float(p.get(ild_key, float("nan"))) for p in points]
+    figure = _new_figure(6.5, 4.8)
+    axes = figure.add_subplot()
+    axes.plot(x, y, marker="o", color="tab:blue")
+    for point, px, py in zip(points, x, y):
+        axes.annotate(f"λ={_lambda_label(point.get('lambda'))}", (px, py), textcoords="offset points", xytext=(6, 4), fontsize=9)
+    axes.margins(0.15)  # room for the λ labels of the outermost points
+    axes.set_xlabel(f"{ndcg_key} (accuracy)")
+    axes.set_ylabel(f"{ild_key} (intra-list diversity)")
+    axes.set_title(f"MMR relevance/diversity trade-off: {curve.get('pipeline', '')}")
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path)
+    return path
+
+
+def _curve_key(points: list[dict], prefix: str) -> str:
+    """The first key with ``prefix`` in the curve points, e.g. ``ndcg@10``."""
+    for point in points:
+        for key in point:
+            if key.startswith(prefix):
+                return key
+    return f"{prefix}{MAIN_K}"

@@ -1,0 +1,165 @@
+"""`hybridrec tune`: coordinate search of a few hyperparameters on a validation split carved
+from the training side of the evaluation protocol, so the test side is never looked at."""
+from __future__ import annotations
+
+import copy
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import yaml
+
+from . import metrics, splits
+from .config import build_dataclass, load_yaml, TrainingConfig
+from .errors import DataError
+from .evaluation import EventTable, mmr_stage, prepare_dataset, recommend_all, relevant_indices, trained
+
+log = logging.getLogger("hybridrec")
+
+SEARCH_COMPONENTS = (8, 16, 24, 32, 64)
+SEARCH_EASE_LAMBDA = (200.0, 350.0, 500.0, 750.0, 1000.0)
+MMR_LAMBDAS = (0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5)
+MMR_MAX_NDCG_LOSS = 0.03  # the most diverse lambda that keeps ndcg@10 within 3% of no MMR
+
+
+def weight_grid(sources: Sequence[str]) -> list[dict[str, float]]:
+    """Blends of the weighted sources in steps of 0.1 (all combinations summing to 1)."""
+    steps = [i / 10 for i in range(11)]
+    grid: list[dict[str, float]] = [{}]
+    for source in sources:
+        grid = [dict(g, **{source: w}) for g in grid for w in steps if sum(g.values()) + w <= 1.0 + 1e-9]
+    return [g for g in grid if abs(sum(g.values()) - 1.0) < 1e-9]
+
+
+def event_weight_variants(weights: dict[str, float], present: set[str]) -> list[dict[str, float]]:
+    """The configured weights, and versions with light events stronger or weaker (x0.5, x2)."""
+    variants = [dict(weights)]
+    if len(present & set(weights)) < 2:
+        return variants
+    strongest = max(weights.values())
+    for factor in (0.5, 2.0):
+        variants.append({k: (v if v == strongest else round(min(v * factor, strongest), 4)) for k, v in weights.items()})
+    return variants
+
+
+def tune(data: str | Path, base_config: str | Path, out_path: str | Path, pipeline: str = "hybrid",
+         mmr_pipeline: str | None = None, test_ratio: float = 0.25, seed: int = 42,
+         progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Search, write the tuned config to `out_path`, and return what was chosen and measured."""
+    say = progress or (lambda m: log.info("%s", m))
+    started = time.perf_counter()
+    base_config = Path(base_config)
+    raw = load_yaml(base_config)
+    config = build_dataclass(TrainingConfig, raw.get("training"), f"{base_config}: training")
+    trials: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="hybridrec-tune-") as tmp:
+        workdir = Path(tmp)
+        _, events_csv, items_csv = prepare_dataset(data, workdir)
+        table = EventTable.read(events_csv)
+        protocol_test = splits.random_holdout(table.users, table.items, test_ratio, seed)
+        # validation carved from the protocol's training rows only
+        train_rows = np.nonzero(~protocol_test)[0]
+        sub = EventTable(table.header, [table.rows[i] for i in train_rows], table.users[train_rows],
+                         table.items[train_rows], table.timestamps[train_rows])
+        valid = splits.random_holdout(sub.users, sub.items, test_ratio, seed + 1)
+        held = splits.held_out_items(sub.users, sub.items, valid)
+        say(f"validation split: {int((~valid).sum())} training rows, {int(valid.sum())} validation rows "
+            f"(test rows of the protocol split are not used)")
+
+        def measure(cfg: TrainingConfig, weights: dict[str, float] | None, label: str) -> float:
+            with trained(sub, ~valid, items_csv, cfg, base_config, workdir, "tune") as service:
+                pipe = service.state.config.pipelines.get(pipeline)
+                if pipe is None:
+                    raise DataError(f"pipeline {pipeline!r} is not in {base_config}")
+                if weights is not None:
+                    pipe.scorer.params.weights = weights
+                users, relevant = relevant_indices(service, held)
+                recs = recommend_all(service, pipeline, users, 10)
+                ndcg = metrics.ranking_metrics(recs, relevant, (10,))["ndcg@10"]
+            trials.append({"trial": label, "ndcg@10": round(ndcg, 5)})
+            say(f"  {label:<48} validation ndcg@10 {ndcg:.4f}")
+            return ndcg
+
+        best = measure(config, None, "base config")
+        present_types = set(np.unique([r.get("event_type", "") for r in sub.rows]).tolist())
+        searches: list[tuple[str, list[Any], Callable[[TrainingConfig, Any], None]]] = [
+            ("events.weights", event_weight_variants(config.events.weights, present_types),
+             lambda c, v: setattr(c.events, "weights", v)),
+            ("collaborative.components", list(SEARCH_COMPONENTS),
+             lambda c, v: setattr(c.collaborative, "components", v)),
+            ("item_item.ease_lambda", list(SEARCH_EASE_LAMBDA) if config.item_item.method in ("ease", "auto") else [],
+             lambda c, v: setattr(c.item_item, "ease_lambda", v)),
+        ]
+        for name, values, apply in searches:
+            for value in values:
+                candidate = copy.deepcopy(config)
+                apply(candidate, value)
+                if candidate == config:
+                    continue
+                score = measure(candidate, None, f"{name} = {value}")
+                if score > best:
+                    best, config = score, candidate
+        # blend weights need no retraining: one model, many scorers
+        weights, chosen_lambda = None, None
+        with trained(sub, ~valid, items_csv, config, base_config, workdir, "tune-weights") as service:
+            pipe = service.state.config.pipelines[pipeline]
+            sources = [s.name for s in pipe.sources if s.name != pipe.scorer.params.fallback]
+            users, relevant = relevant_indices(service, held)
+            for grid_weights in weight_grid(sources):
+                pipe.scorer.params.weights = grid_weights
+                recs = recommend_all(service, pipeline, users, 10)
+                score = metrics.ranking_metrics(recs, relevant, (10,))["ndcg@10"]
+                trials.append({"trial": f"weights {grid_weights}", "ndcg@10": round(score, 5)})
+                if score > best + 1e-9:
+                    best, weights = score, grid_weights
+            say(f"  best blend {weights or 'unchanged'}: validation ndcg@10 {best:.4f}")
+            mmr_pipeline = mmr_pipeline or next(
+                (p for p, obj in service.state.config.pipelines.items() if mmr_stage(obj) is not None), None)
+            if mmr_pipeline:
+                chosen_lambda = _tune_mmr(service, mmr_pipeline, weights, users, relevant, trials, say)
+    tuned = _apply(raw, config, pipeline, mmr_pipeline, weights, chosen_lambda)
+    header = (f"# Tuned by `hybridrec tune` from {base_config.name} on {Path(data).name}: validation "
+              f"ndcg@10 {best:.4f} ({len(trials)} trials, seed {seed}).\n")
+    Path(out_path).write_text(header + yaml.safe_dump(tuned, sort_keys=False, default_flow_style=None, width=110))
+    return {"validation_ndcg@10": best, "training": config.to_dict(), "weights": weights,
+            "mmr_lambda": chosen_lambda, "trials": trials, "seconds": round(time.perf_counter() - started, 1)}
+
+
+def _tune_mmr(service, name: str, weights, users, relevant, trials: list, say) -> float | None:
+    pipe = service.state.config.pipelines[name]
+    stage = mmr_stage(pipe)
+    if weights is not None:
+        pipe.scorer.params.weights = weights
+    stage.params.lambda_weight = 1.0
+    base = metrics.ranking_metrics(recommend_all(service, name, users, 10), relevant, (10,))["ndcg@10"]
+    chosen = 1.0
+    for lam in MMR_LAMBDAS:
+        stage.params.lambda_weight = lam
+        recs = recommend_all(service, name, users, 10)
+        ndcg = metrics.ranking_metrics(recs, relevant, (10,))["ndcg@10"]
+        ild = metrics.intra_list_diversity(recs, service.state.model.item_content, 10)
+        trials.append({"trial": f"mmr lambda {lam}", "ndcg@10": round(ndcg, 5), "ild@10": round(ild, 5)})
+        if ndcg >= (1 - MMR_MAX_NDCG_LOSS) * base:
+            chosen = lam
+    say(f"  MMR lambda {chosen}: the most diverse within {MMR_MAX_NDCG_LOSS:.0%} of no-MMR ndcg@10")
+    return chosen
+
+
+def _apply(raw: dict, config: TrainingConfig, pipeline: str, mmr_pipeline: str | None,
+           weights: dict | None, lam: float | None) -> dict:
+    tuned = copy.deepcopy(raw)
+    tuned["training"] = config.to_dict()
+    for name in {pipeline, mmr_pipeline} - {None}:
+        spec = tuned.get("pipelines", {}).get(name)
+        if not isinstance(spec, dict):
+            continue
+        scorer = spec.get("scorer")
+        if weights is not None and isinstance(scorer, dict):
+            scorer.setdefault("params", {})["weights"] = weights
+        for entry in spec.get("rerankers") or []:
+            if lam is not None and isinstance(entry, dict) and entry.get("plugin") == "mmr":
+                entry.setdefault("params", {})["lambda_weight"] = lam
+    return tuned
