@@ -184,7 +184,7 @@ def cold_start_items_section(table: EventTable, items_csv: Path, config: Trainin
             recalls.append(len(relevant & set(top.tolist())) / len(relevant))
     recall = float(np.mean(recalls)) if recalls else 0.0
     random_recall = metrics.random_recall_at_k(cold.shape[0], k)
-    return {"held_out_items": int(cold.shape[0]), "users": len(recalls), f"recall@{k}": recall,
+    return {"pipeline": pipeline, "held_out_items": int(cold.shape[0]), "users": len(recalls), f"recall@{k}": recall,
             f"random_recall@{k}": random_recall, "ratio": recall / random_recall if random_recall else 0.0}
 
 
@@ -246,6 +246,7 @@ def evaluate(data: str | Path, config_path: str | Path, split: str = "random", t
                                                  "seconds": round(time.perf_counter() - t1, 2)}
                 say(f"  {pipeline:<16} ndcg@10 {scores.get('ndcg@10', float('nan')):.4f}  "
                     f"precision@10 {scores.get('precision@10', float('nan')):.4f}  ({len(users)} users)")
+            pipeline_sources = {p: service.state.config.pipelines[p].sources for p in names}
             report["best"] = max(names, key=lambda p: report["pipelines"][p]["metrics"].get("ndcg@10", 0.0))
             with_mmr = [p for p in names if mmr_stage(service.state.config.pipelines[p]) is not None]
             if with_mmr and lambdas:
@@ -254,9 +255,13 @@ def evaluate(data: str | Path, config_path: str | Path, split: str = "random", t
                                        "default_lambda": mmr_stage(service.state.config.pipelines[with_mmr[0]]).params.lambda_weight,
                                        "points": mmr_curve(service, with_mmr[0], users, relevant, lambdas)}
         if cold_start:
+            # content is the only way to reach a held-out item: use the best pipeline that has it
+            with_content = [p for p in sorted(names, key=lambda p: -report["pipelines"][p]["metrics"].get("ndcg@10", 0.0))
+                            if any(s.plugin_name == "faiss_content" for s in pipeline_sources[p])]
             say("cold-start items: holding out 10% of items with all their events")
             report["cold_start_items"] = cold_start_items_section(
-                table, items_csv, config, config_path, workdir, report["best"], 0.1, seed)
+                table, items_csv, config, config_path, workdir, with_content[0] if with_content else report["best"],
+                0.1, seed)
             say("cold-start users: holding out 10% of users; their first 5 items are the context")
             report["cold_start_users"] = cold_start_users_section(
                 table, items_csv, config, config_path, workdir, names, 0.1, 5, seed, ks)

@@ -2,6 +2,7 @@
 from the training side of the evaluation protocol, so the test side is never looked at."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import tempfile
@@ -23,6 +24,8 @@ SEARCH_COMPONENTS = (8, 16, 24, 32, 64)
 SEARCH_EASE_LAMBDA = (200.0, 350.0, 500.0, 750.0, 1000.0)
 MMR_LAMBDAS = (0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5)
 MMR_MAX_NDCG_LOSS = 0.03  # the most diverse lambda that keeps ndcg@10 within 3% of no MMR
+MIN_GAIN = 0.0025  # a change must beat the incumbent by this relative margin: less is noise
+FOLDS = 2  # validation folds averaged per trial
 
 
 def weight_grid(sources: Sequence[str]) -> list[dict[str, float]]:
@@ -64,21 +67,24 @@ def tune(data: str | Path, base_config: str | Path, out_path: str | Path, pipeli
         train_rows = np.nonzero(~protocol_test)[0]
         sub = EventTable(table.header, [table.rows[i] for i in train_rows], table.users[train_rows],
                          table.items[train_rows], table.timestamps[train_rows])
-        valid = splits.random_holdout(sub.users, sub.items, test_ratio, seed + 1)
-        held = splits.held_out_items(sub.users, sub.items, valid)
-        say(f"validation split: {int((~valid).sum())} training rows, {int(valid.sum())} validation rows "
-            f"(test rows of the protocol split are not used)")
+        folds = [splits.random_holdout(sub.users, sub.items, test_ratio, seed + 1 + f) for f in range(FOLDS)]
+        helds = [splits.held_out_items(sub.users, sub.items, valid) for valid in folds]
+        say(f"validation: {FOLDS} folds of {int(folds[0].sum())} rows carved from the {len(sub.rows)} training rows "
+            f"(the protocol's {int(protocol_test.sum())} test rows are not used)")
 
         def measure(cfg: TrainingConfig, weights: dict[str, float] | None, label: str) -> float:
-            with trained(sub, ~valid, items_csv, cfg, base_config, workdir, "tune") as service:
-                pipe = service.state.config.pipelines.get(pipeline)
-                if pipe is None:
-                    raise DataError(f"pipeline {pipeline!r} is not in {base_config}")
-                if weights is not None:
-                    pipe.scorer.params.weights = weights
-                users, relevant = relevant_indices(service, held)
-                recs = recommend_all(service, pipeline, users, 10)
-                ndcg = metrics.ranking_metrics(recs, relevant, (10,))["ndcg@10"]
+            scores = []
+            for fold, (valid, held) in enumerate(zip(folds, helds)):
+                with trained(sub, ~valid, items_csv, cfg, base_config, workdir, f"tune-{fold}") as service:
+                    pipe = service.state.config.pipelines.get(pipeline)
+                    if pipe is None:
+                        raise DataError(f"pipeline {pipeline!r} is not in {base_config}")
+                    if weights is not None:
+                        pipe.scorer.params.weights = weights
+                    users, relevant = relevant_indices(service, held)
+                    recs = recommend_all(service, pipeline, users, 10)
+                    scores.append(metrics.ranking_metrics(recs, relevant, (10,))["ndcg@10"])
+            ndcg = float(np.mean(scores))
             trials.append({"trial": label, "ndcg@10": round(ndcg, 5)})
             say(f"  {label:<48} validation ndcg@10 {ndcg:.4f}")
             return ndcg
@@ -100,22 +106,28 @@ def tune(data: str | Path, base_config: str | Path, out_path: str | Path, pipeli
                 if candidate == config:
                     continue
                 score = measure(candidate, None, f"{name} = {value}")
-                if score > best:
+                if score > best * (1 + MIN_GAIN):
                     best, config = score, candidate
         # blend weights need no retraining: one model, many scorers
         weights, chosen_lambda = None, None
-        with trained(sub, ~valid, items_csv, config, base_config, workdir, "tune-weights") as service:
-            pipe = service.state.config.pipelines[pipeline]
-            sources = [s.name for s in pipe.sources if s.name != pipe.scorer.params.fallback]
-            users, relevant = relevant_indices(service, held)
+        with contextlib.ExitStack() as stack:
+            services = [stack.enter_context(trained(sub, ~valid, items_csv, config, base_config, workdir,
+                                                    f"tune-weights-{f}")) for f, valid in enumerate(folds)]
+            lists = [relevant_indices(service, held) for service, held in zip(services, helds)]
+            pipes = [service.state.config.pipelines[pipeline] for service in services]
+            sources = [s.name for s in pipes[0].sources if s.name != pipes[0].scorer.params.fallback]
             for grid_weights in weight_grid(sources):
-                pipe.scorer.params.weights = grid_weights
-                recs = recommend_all(service, pipeline, users, 10)
-                score = metrics.ranking_metrics(recs, relevant, (10,))["ndcg@10"]
+                scores = []
+                for service, pipe, (users, relevant) in zip(services, pipes, lists):
+                    pipe.scorer.params.weights = grid_weights
+                    recs = recommend_all(service, pipeline, users, 10)
+                    scores.append(metrics.ranking_metrics(recs, relevant, (10,))["ndcg@10"])
+                score = float(np.mean(scores))
                 trials.append({"trial": f"weights {grid_weights}", "ndcg@10": round(score, 5)})
-                if score > best + 1e-9:
+                if score > best * (1 + MIN_GAIN):
                     best, weights = score, grid_weights
             say(f"  best blend {weights or 'unchanged'}: validation ndcg@10 {best:.4f}")
+            service, (users, relevant) = services[0], lists[0]
             mmr_pipeline = mmr_pipeline or next(
                 (p for p, obj in service.state.config.pipelines.items() if mmr_stage(obj) is not None), None)
             if mmr_pipeline:
