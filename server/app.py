@@ -2,12 +2,20 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import multiprocessing.connection
+import os
 import signal
+import socket
+import sys
 import threading
+import time
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import faiss
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -42,20 +50,24 @@ class RunningServer:
         self.server.stop(grace).wait()
 
 
-def load_state(model_dir: str | Path, config_path: str | Path, plugins: Plugins | None = None) -> ServingState:
-    """Load and validate a bundle and build the pipelines of a config."""
+def load_state(model_dir: str | Path, config_path: str | Path, plugins: Plugins | None = None,
+               mmap: bool = False) -> ServingState:
+    """Load and validate a bundle and build the pipelines of a config. `mmap` maps the bundle's
+    arrays read-only instead of reading them, so processes serving one bundle share its pages."""
     plugins = plugins or Plugins()
     config = load_serving_config(config_path, plugins)
-    model = load_model(model_dir)
+    model = load_model(model_dir, mmap=mmap)
     return ServingState(model=model, config=config)
 
 
-def create_server(state: ServingState, address: str = "127.0.0.1:0", max_workers: int = 8) -> RunningServer:
-    """Start a server on `address` (port 0 picks a free one); returns it with the bound port."""
+def create_server(state: ServingState, address: str = "127.0.0.1:0", max_workers: int = 8,
+                  reuse_port: bool = False) -> RunningServer:
+    """Start a server on `address` (port 0 picks a free one); returns it with the bound port.
+    `reuse_port` lets several processes listen on one port (SO_REUSEPORT; `serve_workers`)."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="hybridrec"),
         interceptors=[ErrorInterceptor()],
-        options=[("grpc.so_reuseport", 0)],
+        options=[("grpc.so_reuseport", 1 if reuse_port else 0)],
     )
     service = RecommenderService(state)
     pb_grpc.add_RecommenderServicer_to_server(service, server)
@@ -75,8 +87,10 @@ def create_server(state: ServingState, address: str = "127.0.0.1:0", max_workers
 
 
 def serve(model_dir: str | Path, config_path: str | Path, host: str = "127.0.0.1", port: int = 50051,
-          max_workers: int = 8, grace: float = 5.0, ready: threading.Event | None = None) -> None:
+          max_workers: int = 8, grace: float = 5.0, ready: threading.Event | None = None,
+          faiss_threads: int | None = 1) -> None:
     """Run until SIGTERM or SIGINT; on either, drain (NOT_SERVING) and stop gracefully."""
+    set_faiss_threads(faiss_threads)
     state = load_state(model_dir, config_path)
     running = create_server(state, f"{host}:{port}", max_workers)
     model = state.model
@@ -96,3 +110,209 @@ def serve(model_dir: str | Path, config_path: str | Path, host: str = "127.0.0.1
     stop.wait()
     running.stop(grace)
     log.info("stopped")
+
+
+def set_faiss_threads(threads: int | None) -> None:
+    """Cap FAISS's OpenMP threads in a serving process (None or 0: leave FAISS's default).
+
+    A request's searches are tiny (one user vector, a few seed items), and the server already
+    runs requests in parallel on its handler threads (and processes): OpenMP fan-out per search
+    only adds spinning threads that fight the handlers for the cores."""
+    if threads:
+        faiss.omp_set_num_threads(threads)
+
+
+def resolve_workers(workers: int) -> int:
+    """`--workers 0` means one process per CPU this process may run on."""
+    if workers > 0:
+        return workers
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
+    """Bind (without listening) a SO_REUSEPORT socket on host:port; returns it and the port.
+
+    Held by the supervisor for the workers' lifetime, it picks the port when `port` is 0 and
+    keeps it reserved; never listening, it gets no connections. A port some other socket already
+    holds is refused first: with SO_REUSEPORT we would otherwise share it with that server."""
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        family, _, _, _, sockaddr = socket.getaddrinfo(bare or None, port, type=socket.SOCK_STREAM,
+                                                       flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        raise HybridrecError(f"cannot listen on {host}:{port}: {exc}") from None
+    probe = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC does: TIME_WAIT is no owner
+        probe.bind(sockaddr)
+        port = probe.getsockname()[1]
+    except OSError as exc:
+        raise HybridrecError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    finally:
+        probe.close()
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((sockaddr[0], port, *sockaddr[2:]))
+    except OSError as exc:
+        sock.close()
+        raise HybridrecError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock, port
+
+
+def _worker_main(number: int, reserved: socket.socket, conn: Any, model_dir: Path, config_path: Path,
+                 address: str, max_workers: int, grace: float, faiss_threads: int | None) -> None:
+    """One serving process (forked by `serve_workers`): load, listen with SO_REUSEPORT, report
+    ready (or the error) through `conn`, serve until SIGTERM/SIGINT, then drain and stop."""
+    stop = threading.Event()
+    parent = os.getppid()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    reserved.close()  # the supervisor's copy keeps the port
+    try:
+        set_faiss_threads(faiss_threads)
+        state = load_state(model_dir, config_path, mmap=True)
+        running = create_server(state, address, max_workers, reuse_port=True)
+    except Exception as exc:  # reported by the supervisor, in one line
+        message = str(exc) if isinstance(exc, (HybridrecError, OSError, ValueError)) else f"{type(exc).__name__}: {exc}"
+        if not isinstance(exc, (HybridrecError, OSError, ValueError)):
+            log.exception("worker %d failed to start", number)
+        conn.send(("error", message))
+        conn.close()
+        sys.exit(1)
+    conn.send(("ready", os.getpid(), running.port))
+    conn.close()
+    log.info("worker %d (pid %d) serving model %s", number, os.getpid(), state.model.version)
+    while not stop.wait(1.0):
+        if os.getppid() != parent:  # the supervisor was killed without forwarding a signal
+            log.error("worker %d (pid %d): supervisor gone", number, os.getpid())
+            break
+    log.info("worker %d (pid %d) draining and stopping", number, os.getpid())
+    running.stop(grace)
+
+
+def serve_workers(model_dir: str | Path, config_path: str | Path, host: str = "127.0.0.1", port: int = 50051,
+                  workers: int = 2, max_workers: int = 8, grace: float = 5.0, faiss_threads: int | None = 1,
+                  start_timeout: float = 600.0, on_ready: Any = None) -> None:
+    """Serve with `workers` processes sharing one port (SO_REUSEPORT), under this supervisor.
+
+    The supervisor reserves the port (so port 0 works), then forks the workers before it has
+    created any gRPC object: gRPC Python supports fork() only before a server or channel
+    exists (grpc/grpc examples/python/multiprocessing, issue 16001). Each worker loads the
+    bundle itself, memory-mapped, and runs its own grpc.server; the kernel spreads new
+    connections over them. SIGTERM/SIGINT are forwarded to every worker, which reports
+    NOT_SERVING and stops gracefully. Raises HybridrecError if a worker fails to start or
+    dies while serving (after stopping the others)."""
+    workers = resolve_workers(workers)
+    reserved, port = reserve_port(host, port)
+    address = f"{host}:{port}"
+    stop = threading.Event()
+    received: list[int] = []
+
+    def on_signal(signum: int, frame: object) -> None:
+        received.append(signum)
+        stop.set()
+
+    # Installed before forking so a signal during start-up is not lost; each worker installs
+    # its own handlers first thing.
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    ctx = multiprocessing.get_context("fork")
+    procs: list[Any] = []
+    conns: list[Any] = []
+    failure: str | None = None
+    try:
+        for number in range(workers):
+            reader, writer = ctx.Pipe(duplex=False)
+            proc = ctx.Process(target=_worker_main, name=f"hybridrec-worker-{number}", daemon=False,
+                               args=(number, reserved, writer, Path(model_dir), Path(config_path), address,
+                                     max_workers, grace, faiss_threads))
+            proc.start()
+            writer.close()
+            procs.append(proc)
+            conns.append(reader)
+        failure = _wait_ready(procs, conns, stop, start_timeout)
+        if failure is None and not stop.is_set():
+            pids = ", ".join(str(p.pid) for p in procs)
+            log.info("serving on %s:%d with %d worker processes (pids %s)", host, port, workers, pids)
+            if on_ready is not None:
+                on_ready(port, [p.pid for p in procs])
+            failure = _watch(procs, stop)
+        if received:
+            log.info("received signal %d: stopping %d workers", received[0], workers)
+    finally:
+        _stop_workers(procs, grace)
+        reserved.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    bad = [f"pid {p.pid} exit code {p.exitcode}" for p in procs if p.exitcode not in (0, None)]
+    if failure is None and bad and not received:
+        failure = "workers exited abnormally: " + ", ".join(bad)
+    if failure is not None:
+        raise HybridrecError(failure)
+    log.info("stopped")
+
+
+def _wait_ready(procs: list[Any], conns: list[Any], stop: threading.Event, timeout: float) -> str | None:
+    """Wait until every worker reports ready; returns a failure message, or None."""
+    pending = dict(zip(conns, range(len(conns))))
+    sentinels = {p.sentinel: i for i, p in enumerate(procs)}
+    deadline = time.monotonic() + timeout
+    while pending and not stop.is_set():
+        if time.monotonic() > deadline:
+            return f"{len(pending)} of {len(procs)} workers not ready after {timeout:.0f} s"
+        for ready in multiprocessing.connection.wait([*pending, *sentinels], timeout=0.2):
+            if ready in pending:
+                number = pending.pop(ready)
+                try:
+                    message = ready.recv()
+                except EOFError:
+                    procs[number].join(5)
+                    message = ("error", f"exited with code {procs[number].exitcode}")
+                ready.close()
+                if message[0] != "ready":
+                    return f"worker {number} failed to start: {message[1]}"
+            elif ready in sentinels and procs[sentinels[ready]].exitcode is not None:
+                number = sentinels.pop(ready)
+                conn = next((c for c, n in pending.items() if n == number), None)
+                if conn is not None and conn.poll():
+                    continue  # its message is read on the next round
+                if conn is not None:
+                    return f"worker {number} failed to start: exited with code {procs[number].exitcode}"
+    return None
+
+
+def _watch(procs: list[Any], stop: threading.Event) -> str | None:
+    """Serve until a signal (None) or until a worker dies (its failure message)."""
+    while not stop.is_set():
+        multiprocessing.connection.wait([p.sentinel for p in procs], timeout=0.5)
+        dead = [p for p in procs if p.exitcode is not None]
+        if dead and not stop.is_set():
+            p = dead[0]
+            log.error("worker pid %d exited with code %s while serving: stopping the others", p.pid, p.exitcode)
+            return f"worker pid {p.pid} exited with code {p.exitcode} while serving"
+    return None
+
+
+def _stop_workers(procs: list[Any], grace: float) -> None:
+    """SIGTERM every live worker (each drains), wait past its grace period, then SIGKILL."""
+    for p in procs:
+        if p.exitcode is None:
+            try:
+                os.kill(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + grace + 10.0
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+        if p.exitcode is None:
+            log.error("worker pid %d did not stop in time: killing it", p.pid)
+            p.kill()
+            p.join(5)

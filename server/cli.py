@@ -28,10 +28,27 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from .app import serve
+    from .app import resolve_workers, serve, serve_workers
 
-    serve(args.model, args.config, host=args.host, port=args.port, max_workers=args.threads)
+    workers = resolve_workers(args.workers)
+    if workers == 1:
+        serve(args.model, args.config, host=args.host, port=args.port, max_workers=args.threads,
+              faiss_threads=args.faiss_threads)
+        return 0
+    for handler in logging.getLogger().handlers:  # several processes share stderr: name each line's
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [pid %(process)d] %(message)s"))
+    serve_workers(args.model, args.config, host=args.host, port=args.port, workers=workers,
+                  max_workers=args.threads, faiss_threads=args.faiss_threads, start_timeout=args.start_timeout)
     return 0
+
+
+def _workers(text: str) -> int:
+    if text == "auto":
+        return 0
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 or 'auto', got {value}")
+    return value
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -200,6 +217,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="serve a model bundle over gRPC")
     p.add_argument("--model", required=True, type=Path)
     server_args(p)
+    p.add_argument("--workers", type=_workers, default=1, metavar="N",
+                   help="server processes sharing the port with SO_REUSEPORT, under a supervisor that "
+                        "forwards SIGTERM/SIGINT; 0 or 'auto': one per CPU (default 1: a single process)")
+    p.add_argument("--faiss-threads", type=int, default=1, metavar="N",
+                   help="OpenMP threads per FAISS search in each process (default 1; 0: FAISS's default)")
+    p.add_argument("--start-timeout", type=float, default=600.0, metavar="SECONDS",
+                   help="with --workers: fail if the workers are not all serving by then")
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("demo", help="build the demo data and model if absent, then serve them")

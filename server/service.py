@@ -87,19 +87,24 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         deadline = time.monotonic() + remaining if remaining is not None else None
         result, ctx, name = self.recommend(request, deadline)
         cands = result.candidates
-        items = []
-        for pos in result.ranked.tolist():
-            item = pb.ScoredItem(item_id=str(ctx.model.item_ids[cands.items[pos]]), score=float(cands.final[pos]))
-            if request.explain:
-                item.explanation.CopyFrom(explain(ctx, result, pos))
-            items.append(item)
-        return pb.RecommendResponse(
-            items=items,
+        ranked = result.ranked
+        # whole-array lookups, then plain Python values: no numpy scalar per item
+        ids = ctx.model.item_ids[cands.items[ranked]].tolist()
+        scores = cands.final[ranked].tolist()
+        response = pb.RecommendResponse(
             model_version=ctx.model.version,
             pipeline=name,
             degraded_stages=result.degraded,
             cold_start=not ctx.known_user,
         )
+        add = response.items.add
+        if request.explain:
+            for pos, item_id, score in zip(ranked.tolist(), ids, scores):
+                add(item_id=item_id, score=score).explanation.CopyFrom(explain(ctx, result, pos))
+        else:
+            for item_id, score in zip(ids, scores):
+                add(item_id=item_id, score=score)
+        return response
 
     def SimilarItems(self, request: pb.SimilarItemsRequest, context: grpc.ServicerContext) -> pb.SimilarItemsResponse:
         state = self._state
