@@ -133,6 +133,14 @@ def _cmd_demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_scale_data(args: argparse.Namespace) -> int:
+    from .scale_data import generate
+
+    paths = generate(args.out, n_users=args.users, n_items=args.items, n_events=args.events, seed=args.seed)
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
 def _cmd_convert_movielens(args: argparse.Namespace) -> int:
     from .movielens import convert
 
@@ -283,6 +291,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--events", type=_positive, default=20000)
     p.add_argument("--seed", type=int, default=7)
     p.set_defaults(func=_cmd_demo_data)
+
+    p = sub.add_parser("scale-data", help="write a large synthetic dataset fast (scale tests and benchmarks)")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--users", type=_positive, default=10_000)
+    p.add_argument("--items", type=_positive, default=5_000)
+    p.add_argument("--events", type=_positive, default=200_000)
+    p.add_argument("--seed", type=int, default=1)
+    p.set_defaults(func=_cmd_scale_data)
 
     p = sub.add_parser("convert-movielens", help="convert MovieLens 100K or latest-small to events/items CSV")
     p.add_argument("--src", required=True, type=Path, help="folder with u.data or ratings.csv")

@@ -82,9 +82,53 @@ def _open_csv(path: Path, required: tuple[str, ...], what: str) -> tuple[csv.Dic
     return reader, handle
 
 
-def read_events(path: str | Path, config: EventsConfig) -> EventLog:
-    """Read and weight the event log; unknown event types follow `config.unknown_event_type`."""
+def read_events(path: str | Path, config: EventsConfig, engine: str = "auto") -> EventLog:
+    """Read and weight the event log; unknown event types follow `config.unknown_event_type`.
+
+    `engine`: "arrow" reads whole columns with pyarrow and works on arrays (fast, for logs of
+    millions of rows), "python" reads row by row with the csv module, "auto" tries arrow and
+    falls back to python for input arrow parses differently (ragged rows, invalid UTF-8,
+    duplicate header names). Both give the same EventLog and the same report.
+    """
     path = Path(path)
+    if engine not in ("auto", "arrow", "python"):
+        raise ValueError(f"engine must be auto, arrow or python, not {engine!r}")
+    if engine != "python":
+        from .fast_events import read_events_arrow
+
+        reader, handle = _open_csv(path, EVENT_COLUMNS, "events")
+        header = list(reader.fieldnames or [])
+        handle.close()
+        events, why = read_events_arrow(path, config, header)
+        if events is not None:
+            _log_report(path, events.report, config)
+            if not events.users.shape[0]:
+                _no_usable(path, events.report)
+            return events
+        if engine == "arrow":
+            raise DataError(f"events file {path}: the arrow reader cannot read it: {why}")
+        log.info("events %s: reading row by row (%s)", path, why)
+    return _read_events_rows(path, config)
+
+
+def _log_report(path: Path, report: dict, config: EventsConfig) -> None:
+    bad, unknown = Counter(report["skipped"]), Counter(report["unknown_event_types"])
+    if bad:
+        log.warning("events %s: skipped %d unusable rows: %s", path, sum(bad.values()),
+                    ", ".join(f"{n} {why}" for why, n in bad.most_common()))
+    if unknown:
+        action = "rejected" if config.unknown_event_type == "reject" else f"weighted {config.default_weight}"
+        log.warning("events %s: %d rows of unknown event types (%s): %s", path, sum(unknown.values()), action,
+                    ", ".join(f"{name} x{n}" for name, n in unknown.most_common()))
+
+
+def _no_usable(path: Path, report: dict) -> None:
+    raise DataError(f"events file {path}: no usable events (skipped: {report['skipped']}, "
+                    f"unknown types: {report['unknown_event_types']})")
+
+
+def _read_events_rows(path: Path, config: EventsConfig) -> EventLog:
+    """The row-by-row reader (csv module): the reference semantics of `read_events`."""
     reader, handle = _open_csv(path, EVENT_COLUMNS, "events")
     has_value = "value" in (reader.fieldnames or [])
     user_codes: dict[str, int] = {}
@@ -144,15 +188,9 @@ def read_events(path: str | Path, config: EventsConfig) -> EventLog:
         "unknown_event_types": dict(unknown),
         "unknown_event_policy": config.unknown_event_type,
     }
-    if bad:
-        log.warning("events %s: skipped %d unusable rows: %s", path, sum(bad.values()),
-                    ", ".join(f"{n} {why}" for why, n in bad.most_common()))
-    if unknown:
-        action = "rejected" if config.unknown_event_type == "reject" else f"weighted {config.default_weight}"
-        log.warning("events %s: %d rows of unknown event types (%s): %s", path, sum(unknown.values()), action,
-                    ", ".join(f"{name} x{n}" for name, n in unknown.most_common()))
+    _log_report(path, report, config)
     if not users:
-        raise DataError(f"events file {path}: no usable events (skipped: {report['skipped']}, unknown types: {dict(unknown)})")
+        _no_usable(path, report)
     return EventLog(
         user_ids=list(user_codes),
         item_ids=list(item_codes),
