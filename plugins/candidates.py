@@ -22,6 +22,12 @@ EVENT_VERBS = {
 
 def _search_params(index, selector):
     # Parameters passed to a search replace the index's own, so carry its settings over.
+    if isinstance(index, faiss.IndexPreTransform):  # e.g. the MIPS transform of large bundles
+        inner = _search_params(faiss.downcast_index(index.index), selector)
+        params = faiss.SearchParametersPreTransform()
+        params.index_params = inner
+        params.inner_ref = inner  # the C++ struct holds a bare pointer: keep the object alive
+        return params
     if isinstance(index, faiss.IndexHNSW):
         return faiss.SearchParametersHNSW(sel=selector, efSearch=index.hnsw.efSearch)
     if isinstance(index, faiss.IndexIVF):

@@ -3,6 +3,12 @@
 No pickles: every array is saved with `allow_pickle=False` and ids are fixed-width
 unicode arrays. `load_model` validates the manifest, the format version and every
 file's size and checksum, and refuses a bad bundle with one clear line.
+
+Loading stays fast for million-user bundles: checksums are computed on parallel threads
+(hashlib releases the GIL), large arrays are memory-mapped (read-only, shared between
+worker processes through the page cache), and ids map to rows through sorted id arrays
+and binary search (`IdIndex`) instead of Python dicts; the sort orders are computed at
+training time and saved in the bundle.
 """
 from __future__ import annotations
 
@@ -11,6 +17,8 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +50,70 @@ ARRAYS: dict[str, int] = {
     "item_item_indices": 1,
     "item_item_data": 1,
 }
+# Saved by current training; computed at load when an older bundle lacks them.
+OPTIONAL_ARRAYS: dict[str, int] = {"user_order": 1, "item_order": 1}
 INDEXES = ("cf", "content")
+MMAP_MIN_BYTES = 16 << 20  # with mmap=None, arrays from this size up are memory-mapped
+HASH_THREADS = 4
+
+
+class IdIndex(Mapping):
+    """id -> row over a fixed-width unicode id array, by binary search in its sorted order.
+
+    Behaves like the dict it replaces (`get`, `in`, `[]`, `len`, iteration in row order) and
+    adds `rows(ids)` for many ids at once. Building it costs one gather of the ids (no Python
+    object per id), which matters at millions of users.
+    """
+
+    def __init__(self, ids: np.ndarray, order: np.ndarray | None = None) -> None:
+        self._ids = ids
+        self._order = np.argsort(ids, kind="stable") if order is None else np.asarray(order, dtype=np.int64)
+        self._sorted = ids[self._order]
+
+    def is_sorted(self) -> bool:
+        """Whether the order really sorts the ids (a bundle's saved order is checked at load)."""
+        return bool(np.all(self._sorted[1:] >= self._sorted[:-1]))
+
+    def _row(self, key: Any) -> int:
+        if not isinstance(key, str) or self._sorted.shape[0] == 0:
+            return -1
+        pos = int(np.searchsorted(self._sorted, key))
+        if pos < self._sorted.shape[0] and self._sorted[pos] == key:
+            return int(self._order[pos])
+        return -1
+
+    def __getitem__(self, key: Any) -> int:
+        row = self._row(key)
+        if row < 0:
+            raise KeyError(key)
+        return row
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        row = self._row(key)
+        return default if row < 0 else row
+
+    def __contains__(self, key: Any) -> bool:
+        return self._row(key) >= 0
+
+    def __len__(self) -> int:
+        return int(self._ids.shape[0])
+
+    def __iter__(self) -> Iterator[str]:
+        return (str(i) for i in self._ids.tolist())
+
+    def rows(self, keys: Iterable[str]) -> np.ndarray:
+        """Rows of many ids at once; -1 for unknown ones."""
+        keys = np.asarray(list(keys), dtype=str)
+        if keys.shape[0] == 0 or self._sorted.shape[0] == 0:
+            return np.full(keys.shape[0], -1, dtype=np.int64)
+        pos = np.minimum(np.searchsorted(self._sorted, keys), self._sorted.shape[0] - 1)
+        found = self._sorted[pos] == keys
+        return np.where(found, self._order[pos], -1).astype(np.int64)
+
+
+def id_order(ids: np.ndarray) -> np.ndarray:
+    """The sort order an IdIndex over `ids` needs (saved in the bundle at training time)."""
+    return np.argsort(ids, kind="stable").astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -65,8 +136,8 @@ class Model:
     history_event: np.ndarray
     cf_index: Any
     content_index: Any
-    user_index: dict[str, int] = field(repr=False)
-    item_index: dict[str, int] = field(repr=False)
+    user_index: IdIndex = field(repr=False)
+    item_index: IdIndex = field(repr=False)
     popular_order: np.ndarray = field(repr=False)
     item_item: sp.csr_matrix = field(repr=False)
 
@@ -126,13 +197,16 @@ def save_bundle(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     files: dict[str, dict[str, Any]] = {}
-    for name in ARRAYS:
+    for name in [*ARRAYS, *(n for n in OPTIONAL_ARRAYS if n in arrays)]:
         path = tmp / f"{name}.npy"
         np.save(path, arrays[name], allow_pickle=False)
     for name in INDEXES:
         faiss.write_index(indexes[name], str(tmp / f"{name}.faiss"))
-    for path in sorted(tmp.iterdir()):
-        files[path.name] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+    paths = sorted(tmp.iterdir())
+    with ThreadPoolExecutor(HASH_THREADS) as pool:
+        digests = list(pool.map(_sha256, paths))
+    for path, digest in zip(paths, digests):
+        files[path.name] = {"bytes": path.stat().st_size, "sha256": digest}
     manifest = dict(manifest, format_version=FORMAT_VERSION, files=files)
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     if out_dir.exists():
@@ -179,23 +253,40 @@ def _verify_files(model_dir: Path, manifest: dict[str, Any], checksums: bool) ->
         raise BundleError(f"{model_dir}/{MANIFEST} is corrupt: it does not list {absent[0]}")
     for name, meta in files.items():
         path = model_dir / name
+        if not isinstance(meta, dict):
+            raise BundleError(f"{model_dir}/{MANIFEST} is corrupt: bad entry for {name}")
         if not path.is_file():
             raise BundleError(f"model bundle {model_dir} is incomplete: {name} is missing")
         if path.stat().st_size != meta.get("bytes"):
             raise BundleError(f"model bundle {model_dir} is corrupt: {name} has the wrong size")
-        if checksums and _sha256(path) != meta.get("sha256"):
+    if not checksums:
+        return
+    names = sorted(files, key=lambda n: -int(files[n]["bytes"]))  # biggest first: threads finish together
+    with ThreadPoolExecutor(HASH_THREADS) as pool:
+        digests = dict(zip(names, pool.map(lambda n: _sha256(model_dir / n), names)))
+    for name, meta in files.items():
+        if digests[name] != meta.get("sha256"):
             raise BundleError(f"model bundle {model_dir} is corrupt: {name} fails its sha256 check")
 
 
-def load_model(model_dir: str | Path, verify_checksums: bool = True, mmap: bool = False) -> Model:
-    """Load and validate a bundle. Raises BundleError with one line on any problem."""
+def load_model(model_dir: str | Path, verify_checksums: bool = True, mmap: bool | None = None) -> Model:
+    """Load and validate a bundle. Raises BundleError with one line on any problem.
+
+    `mmap`: True maps every array read-only, False reads every array into memory, None (the
+    default) maps the arrays of MMAP_MIN_BYTES and more.
+    """
+    from .indexes import apply_search_params
+
     model_dir = Path(model_dir)
     manifest = read_manifest(model_dir)
     _verify_files(model_dir, manifest, verify_checksums)
     arrays: dict[str, np.ndarray] = {}
-    for name, ndim in ARRAYS.items():
+    listed = manifest["files"]
+    wanted = dict(ARRAYS, **{n: d for n, d in OPTIONAL_ARRAYS.items() if f"{n}.npy" in listed})
+    for name, ndim in wanted.items():
+        mapped = mmap if mmap is not None else int(listed[f"{name}.npy"]["bytes"]) >= MMAP_MIN_BYTES
         try:
-            arr = np.load(model_dir / f"{name}.npy", allow_pickle=False, mmap_mode="r" if mmap else None)
+            arr = np.load(model_dir / f"{name}.npy", allow_pickle=False, mmap_mode="r" if mapped else None)
         except (OSError, ValueError) as exc:
             raise BundleError(f"model bundle {model_dir} is corrupt: {name}.npy: {exc}") from None
         if arr.ndim != ndim:
@@ -208,16 +299,27 @@ def load_model(model_dir: str | Path, verify_checksums: bool = True, mmap: bool 
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreadable"
             raise BundleError(f"model bundle {model_dir} is corrupt: {name}.faiss: {first}") from None
+        stored = manifest.get("indexes", {}).get(name, {}) if isinstance(manifest.get("indexes"), dict) else {}
+        apply_search_params(indexes[name], stored.get("search_params", {}) if isinstance(stored, dict) else {})
     _check_shapes(model_dir, arrays, indexes)
     user_ids, item_ids = arrays["user_ids"], arrays["item_ids"]
+    user_order, item_order = arrays.pop("user_order", None), arrays.pop("item_order", None)
+    for name, order, ids in (("user_order", user_order, user_ids), ("item_order", item_order, item_ids)):
+        if order is not None and (order.shape[0] != ids.shape[0]
+                                  or (order.shape[0] and (int(order.min()) < 0 or int(order.max()) >= ids.shape[0]))):
+            raise BundleError(f"model bundle {model_dir} is corrupt: {name} does not match the other arrays")
+    user_index, item_index = IdIndex(user_ids, user_order), IdIndex(item_ids, item_order)
+    for name, index in (("user_order", user_index), ("item_order", item_index)):
+        if not index.is_sorted():
+            raise BundleError(f"model bundle {model_dir} is corrupt: {name} does not match the other arrays")
     popularity = arrays["popularity"]
     return Model(
         path=model_dir,
         manifest=manifest,
         cf_index=indexes["cf"],
         content_index=indexes["content"],
-        user_index={str(u): i for i, u in enumerate(user_ids.tolist())},
-        item_index={str(v): i for i, v in enumerate(item_ids.tolist())},
+        user_index=user_index,
+        item_index=item_index,
         # Stable sort: ties keep catalogue order, so popularity results are deterministic.
         popular_order=np.argsort(-popularity, kind="stable").astype(np.int64),
         item_item=sp.csr_matrix(

@@ -69,7 +69,10 @@ class CollaborativeConfig:
 
     components: int = 64
     n_iter: int = 7
-    index: str = "Flat"
+    index: str = "Flat"  # a FAISS factory string, or auto (see indexes.py)
+    # search-time nprobe / efSearch (applied at load; tuned to recall@100 >= 0.97 when absent)
+    # and build-time efConstruction
+    index_params: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -81,6 +84,7 @@ class ContentConfig:
     dims: int = 64
     max_features: int = 50000
     index: str = "Flat"
+    index_params: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -94,6 +98,8 @@ class ItemItemConfig:
     method: str = "auto"  # auto, ease, knn or none
     ease_lambda: float = 500.0
     knn_neighbours: int = 100
+    # kNN: only each user's this many strongest items count towards similarities (null: all)
+    knn_max_user_items: int | None = None
     max_dense_items: int = 6000
 
 
@@ -208,6 +214,13 @@ def load_training_config(path: str | Path | None) -> TrainingConfig:
                           "auto, ease, knn, none")
     if config.item_item.ease_lambda <= 0 or config.item_item.knn_neighbours < 1:
         raise ConfigError(f"{path}: training.item_item: ease_lambda must be > 0 and knn_neighbours >= 1")
+    if config.item_item.knn_max_user_items is not None and config.item_item.knn_max_user_items < 1:
+        raise ConfigError(f"{path}: training.item_item.knn_max_user_items: must be >= 1 or null")
+    for section in ("collaborative", "content"):
+        for name, value in getattr(config, section).index_params.items():
+            if name not in ("nprobe", "efSearch", "efConstruction") or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{path}: training.{section}.index_params.{name}: expected one of nprobe, "
+                                  f"efSearch, efConstruction with an integer >= 1, got {value!r}")
     if config.collaborative.components < 1:
         raise ConfigError(f"{path}: training.collaborative.components: must be >= 1")
     if config.content.dims < 1:

@@ -18,7 +18,7 @@ from sklearn.decomposition import TruncatedSVD
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.preprocessing import normalize
 
-from . import bundle
+from . import bundle, indexes, item_knn
 from .config import ItemItemConfig, TrainingConfig, fingerprint
 from .data import Catalogue, EventLog, parse_vectors, read_catalogue, read_events
 from .errors import ConfigError, DataError
@@ -118,28 +118,13 @@ def ease_matrix(matrix: sp.csr_matrix, lam: float) -> np.ndarray:
     return weights.astype(np.float32)
 
 
-def knn_matrix(matrix: sp.csr_matrix, neighbours: int) -> sp.csr_matrix:
-    """Cosine item-item similarities, keeping each item's `neighbours` strongest (sparse throughout)."""
-    items = normalize(matrix.T.tocsr().astype(np.float32))
-    sims = (items @ items.T).tocsr()
-    sims.setdiag(0.0)
-    sims.eliminate_zeros()
-    rows, cols, vals = [], [], []
-    for row in range(sims.shape[0]):
-        lo, hi = sims.indptr[row], sims.indptr[row + 1]
-        if hi - lo > neighbours:
-            keep = lo + np.argpartition(-sims.data[lo:hi], neighbours - 1)[:neighbours]
-        else:
-            keep = np.arange(lo, hi)
-        rows.append(np.full(keep.shape[0], row, dtype=np.int64))
-        cols.append(sims.indices[keep])
-        vals.append(sims.data[keep])
-    n = sims.shape[0]
-    if not rows:
-        return sp.csr_matrix((n, n), dtype=np.float32)
-    # rows are "from" items: a user's score for j sums sim(i, j) over the items i they have
-    return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n),
-                         dtype=np.float32)
+def knn_matrix(matrix: sp.csr_matrix, neighbours: int, max_user_items: int | None = None) -> sp.csr_matrix:
+    """Cosine item-item similarities, keeping each item's `neighbours` strongest (sparse throughout).
+
+    Computed by blocks of items with a bounded cost and vectorised top-k (see `item_knn`);
+    `max_user_items` caps how many of a heavy user's items count (None: all, exact cosine).
+    """
+    return item_knn.knn_matrix(matrix, neighbours, max_user_items)
 
 
 def item_item_model(matrix: sp.csr_matrix, config: ItemItemConfig) -> tuple[str, dict[str, np.ndarray]]:
@@ -151,7 +136,7 @@ def item_item_model(matrix: sp.csr_matrix, config: ItemItemConfig) -> tuple[str,
     if method == "ease":
         csr = sp.csr_matrix(ease_matrix(matrix, config.ease_lambda))
     elif method == "knn":
-        csr = knn_matrix(matrix, config.knn_neighbours)
+        csr = knn_matrix(matrix, config.knn_neighbours, config.knn_max_user_items)
     else:
         csr = sp.csr_matrix((n, n), dtype=np.float32)
     csr.sort_indices()
@@ -174,17 +159,10 @@ def popularity_scores(items: np.ndarray, weights: np.ndarray, timestamps: np.nda
     return (pop / top if top > 0 else pop).astype(np.float32)
 
 
-def build_index(vectors: np.ndarray, factory: str, what: str) -> Any:
-    """A FAISS inner-product index from a factory string, trained if the type needs it."""
-    try:
-        index = faiss.index_factory(vectors.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
-    except RuntimeError:
-        raise ConfigError(f"training.{what}.index: {factory!r} is not a valid FAISS index factory string") from None
-    data = np.ascontiguousarray(vectors, dtype=np.float32)
-    if not index.is_trained:
-        index.train(data)
-    index.add(data)
-    return index
+def build_index(vectors: np.ndarray, factory: str, what: str, params: dict[str, Any] | None = None,
+                queries: np.ndarray | None = None, seed: int = 42) -> Any:
+    """A FAISS inner-product index from a factory string (or `auto`), trained if the type needs it."""
+    return indexes.build_index(vectors, factory, what, params, queries, seed)[0]
 
 
 def user_histories(matrix: sp.csr_matrix, users: np.ndarray, items: np.ndarray,
@@ -239,16 +217,22 @@ def train(events_path: str | Path, items_path: str | Path, config: TrainingConfi
                                      config.content.max_features, config.content.embedding_column, config.seed)
         popularity = popularity_scores(item_of_event, events.weights, events.timestamps, n_items,
                                        config.popularity.half_life_days)
-    with steps.step(f"FAISS indexes (cf: {config.collaborative.index}, content: {config.content.index})"):
-        indexes = {
-            "cf": build_index(item_factors, config.collaborative.index, "collaborative"),
-            "content": build_index(content, config.content.index, "content"),
-        }
+    with steps.step(f"FAISS indexes (cf: {indexes.resolve_factory(config.collaborative.index, n_items)}, "
+                    f"content: {indexes.resolve_factory(config.content.index, n_items)})"):
+        cf_index, cf_info = indexes.build_index(item_factors, config.collaborative.index, "collaborative",
+                                                config.collaborative.index_params, user_factors, config.seed)
+        content_index, content_info = indexes.build_index(content, config.content.index, "content",
+                                                          config.content.index_params, content, config.seed)
+        faiss_indexes = {"cf": cf_index, "content": content_index}
     titles = catalogue.columns.get("title") or []
     titles = titles + [""] * (n_items - len(titles))
+    user_id_array = np.asarray(events.user_ids, dtype=str)
+    item_id_array = np.asarray(item_ids, dtype=str)
     arrays = {
-        "user_ids": np.asarray(events.user_ids, dtype=str),
-        "item_ids": np.asarray(item_ids, dtype=str),
+        "user_ids": user_id_array,
+        "item_ids": item_id_array,
+        "user_order": bundle.id_order(user_id_array),
+        "item_order": bundle.id_order(item_id_array),
         "item_titles": np.asarray([t or i for t, i in zip(titles, item_ids)], dtype=str),
         "user_factors": user_factors,
         "item_factors": item_factors,
@@ -272,7 +256,8 @@ def train(events_path: str | Path, items_path: str | Path, config: TrainingConfi
         "event_types": events.event_types,
         "dims": {"cf": int(item_factors.shape[1]), "content": int(content.shape[1])},
         "item_item": {"method": item_item_method, "nnz": int(item_item["item_item_data"].shape[0])},
+        "indexes": {"cf": cf_info, "content": content_info},
     }
     with steps.step(f"writing bundle {out_dir}"):
-        bundle.save_bundle(out_dir, arrays, indexes, manifest)
+        bundle.save_bundle(out_dir, arrays, faiss_indexes, manifest)
     return manifest

@@ -128,3 +128,192 @@ def test_ragged_rows_fall_back_to_the_row_reader(tmp_path: Path, caplog: pytest.
         log = read_events(path, TrainingConfig().events)
     assert "reading row by row" in caplog.text
     assert log.report["skipped"] == {"missing event_type": 1} and log.report["used"] == 2
+
+
+# --- item kNN by blocks
+
+
+def _reference_knn(matrix, k: int) -> np.ndarray:
+    """Dense cosine between item columns, each row keeping its k largest off-diagonal values."""
+    dense = matrix.toarray().astype(np.float64)
+    norms = np.linalg.norm(dense, axis=0)
+    unit = dense / np.where(norms > 0, norms, 1.0)
+    sims = unit.T @ unit
+    np.fill_diagonal(sims, 0.0)
+    out = np.zeros_like(sims)
+    for row in range(sims.shape[0]):
+        nonzero = np.nonzero(sims[row])[0]
+        top = nonzero[np.argsort(-sims[row, nonzero], kind="stable")[:k]]
+        out[row, top] = sims[row, top]
+    return out
+
+
+@pytest.mark.parametrize("k", [1, 3, 50])
+@pytest.mark.parametrize("block_work", [1, 40, 10**9])
+def test_knn_by_blocks_equals_dense_reference(k: int, block_work: int) -> None:
+    import scipy.sparse as sp
+
+    from hybridrec.server.item_knn import knn_matrix
+
+    matrix = sp.random(80, 30, density=0.15, random_state=4, format="csr", dtype=np.float32)
+    matrix.data += 0.1
+    got = knn_matrix(matrix, k, block_work=block_work)
+    assert got.shape == (30, 30)
+    assert np.allclose(got.toarray(), _reference_knn(matrix, k), atol=1e-6)
+
+
+def test_top_per_row_breaks_ties_by_position() -> None:
+    from hybridrec.server.item_knn import top_per_row
+
+    data = np.array([1, 1, 1, 1, 2, 2, 0.5, 3, -3, 3, 2], dtype=np.float32)
+    indptr = np.array([0, 4, 7, 7, 11])
+    assert top_per_row(indptr, data, 2).tolist() == [True, True, False, False, True, True, False,
+                                                     True, False, True, False]
+
+
+def test_user_cap_keeps_each_users_strongest_items() -> None:
+    import scipy.sparse as sp
+
+    from hybridrec.server.item_knn import cap_user_items
+
+    matrix = sp.csr_matrix(np.array([[5, 1, 4, 3, 0], [0, 0, 1, 0, 2]], dtype=np.float32))
+    capped = cap_user_items(matrix, 2).toarray()
+    assert capped.tolist() == [[5, 0, 4, 0, 0], [0, 0, 1, 0, 2]]
+
+
+# --- FAISS index choice
+
+
+def test_auto_index_is_flat_for_small_and_ivf_for_large_catalogues() -> None:
+    from hybridrec.server.indexes import AUTO_FLAT_MAX_ITEMS, resolve_factory
+
+    assert resolve_factory("auto", AUTO_FLAT_MAX_ITEMS) == "Flat"
+    assert resolve_factory("auto", 1_000_000) == "IVF4096,Flat"
+    assert resolve_factory("auto", 100_000) == "IVF1024,Flat"
+    assert resolve_factory("HNSW32", 10) == "HNSW32"
+
+
+def test_search_params_are_tuned_stored_and_applied_at_load(tmp_path: Path) -> None:
+    import faiss
+
+    from hybridrec.server.indexes import apply_search_params, build_index, recall_at
+
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(4000, 16)).astype(np.float32)
+    queries = rng.normal(size=(200, 16)).astype(np.float32)
+    index, info = build_index(vectors, "IVF64,Flat", "collaborative", {}, queries)
+    assert info["factory"] == "IVF64,Flat" and "nprobe" in info["search_params"]
+    assert info["tuned_recall@100"] >= 0.97
+    path = tmp_path / "x.faiss"
+    faiss.write_index(index, str(path))
+    loaded = faiss.read_index(str(path))
+    apply_search_params(loaded, info["search_params"])
+    assert faiss.extract_index_ivf(loaded).nprobe == info["search_params"]["nprobe"]
+    assert recall_at(loaded, vectors, queries, 100) >= 0.97
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    hnsw, info = build_index(unit, "HNSW16", "content", {"efSearch": 77, "efConstruction": 20})
+    assert not info["mips_transform"]
+    assert info["search_params"] == {"efSearch": 77} and hnsw.hnsw.efConstruction == 20
+    loaded = faiss.deserialize_index(faiss.serialize_index(hnsw))
+    loaded.hnsw.efSearch = 16
+    apply_search_params(loaded, info["search_params"])
+    assert loaded.hnsw.efSearch == 77
+
+
+def test_mips_transform_keeps_scores_and_takes_selectors() -> None:
+    import faiss
+
+    from hybridrec.plugins.candidates import faiss_search
+    from hybridrec.server.indexes import build_index
+
+    rng = np.random.default_rng(1)
+    vectors = (rng.normal(size=(3000, 12)) * rng.gamma(1.0, 1.0, size=(3000, 1))).astype(np.float32)
+    index, info = build_index(vectors, "IVF32,Flat", "collaborative", {"nprobe": 32})
+    assert info["mips_transform"] and isinstance(index, faiss.IndexPreTransform) and index.d == 12
+    query = rng.normal(size=(1, 12)).astype(np.float32)
+    exact = vectors @ query[0]
+    top = np.argsort(-exact)[:10]
+    scores, labels = index.search(query, 10)  # nprobe = nlist: exhaustive
+    assert labels[0].tolist() == top.tolist() and np.allclose(scores[0], exact[top], rtol=1e-4)
+    loaded = faiss.deserialize_index(faiss.serialize_index(index))
+    faiss.extract_index_ivf(loaded).nprobe = 32
+    scores, labels = faiss_search(loaded, query[0], 5, top[:3].astype(np.int64))
+    assert labels[0].tolist() == top[3:8].tolist()
+
+
+# --- large config, id index, bundle
+
+
+def test_large_config_is_accepted_by_train_and_serve() -> None:
+    from hybridrec.server.config import BUILTIN_CONFIG_DIR, load_training_config
+    from hybridrec.server.pipeline import load_serving_config
+    from hybridrec.server.plugin_manager import Plugins
+
+    path = BUILTIN_CONFIG_DIR / "large.yaml"
+    training = load_training_config(path)
+    assert training.collaborative.index == "auto" and training.item_item.method == "knn"
+    assert training.item_item.knn_max_user_items == 50
+    serving = load_serving_config(path, Plugins())
+    assert serving.default_pipeline == "hybrid" and "item_item" in serving.pipelines
+
+
+def test_bad_index_params_are_refused(tmp_path: Path) -> None:
+    from hybridrec.server.config import load_training_config
+    from hybridrec.server.errors import ConfigError
+
+    path = tmp_path / "c.yaml"
+    path.write_text("training:\n  collaborative: {index_params: {nprob: 8}}\n")
+    with pytest.raises(ConfigError, match="index_params.nprob"):
+        load_training_config(path)
+
+
+def test_id_index_behaves_like_a_dict() -> None:
+    from hybridrec.server.bundle import IdIndex, id_order
+
+    ids = np.array(["u10", "u2", "a", "u1", "zz-long-id"])
+    index = IdIndex(ids, id_order(ids))
+    reference = {str(v): i for i, v in enumerate(ids.tolist())}
+    for key in [*reference, "u", "u3", "zz-long-id-longer", "", "b"]:
+        assert index.get(key, -1) == reference.get(key, -1)
+        assert (key in index) == (key in reference)
+    assert index["u2"] == 1 and len(index) == 5 and list(index) == ids.tolist()
+    with pytest.raises(KeyError):
+        index["nope"]
+    assert index.rows(["a", "nope", "zz-long-id"]).tolist() == [2, -1, 4]
+    assert IdIndex(np.array([], dtype=str)).get("x", -1) == -1
+
+
+def test_scale_bundle_trains_loads_and_refuses_a_bad_order(scale_data: dict[str, Path], tmp_path: Path) -> None:
+    import json
+
+    from hybridrec.server.bundle import load_model
+    from hybridrec.server.config import BUILTIN_CONFIG_DIR, load_training_config
+    from hybridrec.server.errors import BundleError
+    from hybridrec.server.training import train
+
+    config = load_training_config(BUILTIN_CONFIG_DIR / "large.yaml")
+    config.collaborative.components = 8
+    config.content.dims = 8
+    config.collaborative.index = "IVF16,Flat"
+    train(scale_data["events"], scale_data["items"], config, tmp_path / "m")
+    model = load_model(tmp_path / "m")
+    manifest = model.manifest
+    assert manifest["indexes"]["cf"]["factory"] == "IVF16,Flat"
+    nprobe = manifest["indexes"]["cf"]["search_params"]["nprobe"]
+    import faiss
+    assert faiss.extract_index_ivf(model.cf_index).nprobe == nprobe
+    assert manifest["item_item"]["method"] == "knn" and model.item_item.nnz > 0
+    for i in (0, 17, model.num_users - 1):
+        assert model.user_index[str(model.user_ids[i])] == i
+    assert model.item_index.get("i000003") == int(np.nonzero(model.item_ids == "i000003")[0][0])
+    # an order that does not match the ids is refused with one line
+    order = np.load(tmp_path / "m" / "item_order.npy")
+    np.save(tmp_path / "m" / "item_order.npy", order + 1)
+    data = (tmp_path / "m" / "item_order.npy").read_bytes()
+    meta = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    import hashlib
+    meta["files"]["item_order.npy"] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (tmp_path / "m" / "manifest.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match="item_order does not match") as exc:
+        load_model(tmp_path / "m")
+    assert "\n" not in str(exc.value)
