@@ -1,0 +1,479 @@
+"""Serving load benchmark: `hybridrec serve [--workers N]` under closed- and open-loop gRPC load.
+
+For each model (the demo model by default; `--model DIR --config FILE`; or the scale bundles
+`.hybridrec/bench/<size>/model` with `--sizes`) and each worker count, this starts
+`hybridrec serve` in its own process(es), then drives it from SEPARATE load-generator processes
+(grpc.aio, one event loop each, requests built in advance, a few long-lived channels):
+
+- closed loop: C requests in flight (`--concurrency 1 4 16 64`) for `--duration` seconds each;
+- open loop: a fixed arrival rate (`--rate 1000 --rate-duration 30`); latency counts from the
+  scheduled send time, so a server that falls behind is not hidden (no coordinated omission).
+
+Request mix as benchmarks/latency.py: Recommend k=10 on the default pipeline; 80% known users,
+10% unknown users, 10% anonymous sessions with two context items.
+
+Reported per level: achieved requests/s, client round trip p50/p95/p99/max (ms), errors, the
+server's own handler time (trailing metadata `hybridrec-server-time-us`), how many requests each
+worker pid served (`hybridrec-worker-pid`), CPU used (cores) by the server processes, by the
+load generator and by the whole machine (the rest is other work on the machine), and the server
+processes' memory after the load (VmRSS, and Pss, which splits shared pages fairly).
+Prints a table and writes JSON (default benchmarks/results/serve_load.json).
+
+    python benchmarks/serve_load.py                                   # demo model, workers 1 and 2
+    python benchmarks/serve_load.py --sizes medium large --rate 1000   # the scale bundles
+    python benchmarks/serve_load.py --model DIR --config FILE --workers 2 --concurrency 1 16
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import platform
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+SERVER_TIME_KEY = "hybridrec-server-time-us"
+WORKER_PID_KEY = "hybridrec-worker-pid"
+SERVING_WORKERS = re.compile(r"serving on (\S+):(\d+) with (\d+) worker processes \(pids ([\d, ]+)\)")
+SERVING_SINGLE = re.compile(r"serving model .* on (\S+):(\d+)\s*$", re.M)
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# ---------------------------------------------------------------- load generator (own process)
+
+def _load_process(conn, target: str, specs: list[tuple[str, tuple[str, ...]]], k: int, channels: int,
+                  timeout: float) -> None:
+    """A load-generator process: receives commands on `conn`, runs them, sends results back."""
+    asyncio.run(_load_main(conn, target, specs, k, channels, timeout))
+
+
+async def _load_main(conn, target, specs, k, channels, timeout) -> None:
+    import grpc
+    from hybridrec.v1 import recommender_pb2 as pb
+    from hybridrec.v1 import recommender_pb2_grpc as pb_grpc
+
+    requests = [pb.RecommendRequest(user_id=user, k=k, context_item_ids=list(context)) for user, context in specs]
+    # Each channel its own subchannel pool, hence its own TCP connection: with SO_REUSEPORT the
+    # kernel gives each new connection to one worker, so several connections reach all of them.
+    chans = [grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+             for _ in range(channels)]
+    stubs = [pb_grpc.RecommenderStub(c) for c in chans]
+    for stub in stubs:  # connect all of them now
+        await stub.Recommend(requests[0], timeout=30)
+    conn.send(("ready",))
+    loop = asyncio.get_running_loop()
+    counter = 0
+    while True:
+        command = await loop.run_in_executor(None, conn.recv)
+        if command[0] == "quit":
+            break
+        mode, start_at, warmup, duration, level = command[1:]
+        lat: list[float] = []
+        server_us: list[int] = []
+        pids: Counter[str] = Counter()
+        errors: Counter[str] = Counter()
+        state = {"late": 0}
+        t0 = loop.time() + max(0.0, start_at - time.time())
+        measure_from, end = t0 + warmup, t0 + warmup + duration
+
+        async def one(stub, request, sent: float) -> None:
+            # counted when sent (or scheduled) inside the measured window, whenever it completes
+            counted = measure_from <= sent < end
+            try:
+                call = stub.Recommend(request, timeout=timeout)
+                response = await call
+                metadata = await call.trailing_metadata()
+                done = loop.time()
+                if counted:
+                    if len(response.items) != k:
+                        errors["short_answer"] += 1
+                        return
+                    lat.append((done - sent) * 1000.0)
+                    for key, value in metadata:
+                        if key == SERVER_TIME_KEY:
+                            server_us.append(int(value))
+                        elif key == WORKER_PID_KEY:
+                            pids[value] += 1
+            except grpc.aio.AioRpcError as exc:
+                if counted:
+                    errors[exc.code().name] += 1
+
+        await asyncio.sleep(max(0.0, t0 - loop.time()))
+        cpu0 = None
+
+        async def mark() -> None:
+            nonlocal cpu0
+            await asyncio.sleep(max(0.0, measure_from - loop.time()))
+            cpu0 = os.times()
+
+        marker = asyncio.ensure_future(mark())
+        if mode == "closed":
+            async def worker(slot: int) -> None:
+                nonlocal counter
+                while loop.time() < end:
+                    counter += 1  # requests rotate over the connections, so even c=1 reaches every worker
+                    await one(stubs[counter % len(stubs)], requests[counter % len(requests)], loop.time())
+
+            await asyncio.gather(*(worker(slot) for slot in range(level)))
+        else:  # open loop at `level` requests/s
+            interval = 1.0 / level
+            tasks: set[asyncio.Task] = set()
+            i = 0
+            max_in_flight = 2000
+            while True:
+                scheduled = t0 + i * interval
+                if scheduled >= end:
+                    break
+                delay = scheduled - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                i += 1
+                if len(tasks) >= max_in_flight:
+                    if measure_from <= scheduled < end:
+                        state["late"] += 1
+                    continue
+                counter += 1
+                task = asyncio.ensure_future(one(stubs[i % len(stubs)], requests[counter % len(requests)], scheduled))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            if tasks:
+                await asyncio.wait(tasks)
+        await marker
+        cpu1 = os.times()
+        if state["late"]:
+            errors["not_sent_too_many_in_flight"] += state["late"]
+        spent = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system) if cpu0 else 0.0
+        cpu = spent / max(loop.time() - measure_from, 1e-6)  # cores, over the window and any drain
+        conn.send(("done", np.asarray(lat, dtype=np.float32), np.asarray(server_us, dtype=np.int64),
+                   dict(pids), dict(errors), cpu))
+    for chan in chans:
+        await chan.close()
+
+
+# ---------------------------------------------------------------- server process and /proc readings
+
+class ServerProcess:
+    """`hybridrec serve` in a subprocess; its stderr is collected; knows its serving pids."""
+
+    def __init__(self, model: Path, config: Path, workers: int, threads: int, extra: list[str]) -> None:
+        cmd = [sys.executable, "-m", "hybridrec.server.cli", "serve", "--model", str(model), "--config", str(config),
+               "--host", "127.0.0.1", "--port", "0", "--threads", str(threads), *extra]
+        if workers != 1:  # a single process is the plain `serve` (any hybridrec version runs it)
+            cmd += ["--workers", str(workers)]
+        self.cmd = cmd
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stderr), daemon=True)
+        self.reader.start()
+        self.port = 0
+        self.pids: list[int] = []
+
+    def wait_serving(self, limit: float) -> None:
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            text = "".join(self.lines)
+            match = SERVING_WORKERS.search(text)
+            if match:
+                self.port = int(match.group(2))
+                self.pids = [int(p) for p in match.group(4).split(",")]
+                return
+            match = SERVING_SINGLE.search(text)
+            if match:
+                self.port, self.pids = int(match.group(2)), [self.proc.pid]
+                return
+            if self.proc.poll() is not None:
+                raise SystemExit(f"server exited with {self.proc.returncode}:\n{text[-3000:]}")
+            time.sleep(0.1)
+        self.stop()
+        raise SystemExit(f"server not serving after {limit:.0f} s:\n{''.join(self.lines)[-3000:]}")
+
+    def all_pids(self) -> list[int]:
+        return sorted({self.proc.pid, *self.pids})
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
+
+
+def machine_busy_seconds() -> tuple[float, float]:
+    """(busy, total) CPU seconds since boot, over all cores."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = values[3] + values[4]
+    return (sum(values) - idle) / CLK_TCK, sum(values) / CLK_TCK
+
+
+def memory_kb(pid: int) -> dict[str, int]:
+    out = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(("VmRSS:", "RssAnon:", "RssFile:", "RssShmem:")):
+                name, value = line.split(":", 1)
+                out[name] = int(value.split()[0])
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                out["Pss"] = int(line.split()[1])
+    except (FileNotFoundError, PermissionError, ProcessLookupError):
+        pass
+    return out
+
+
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+# ---------------------------------------------------------------- driver
+
+def request_specs(model_dir: Path, n: int, seed: int = 0) -> list[tuple[str, tuple[str, ...]]]:
+    """The request mix, from the bundle's id arrays only (memory-mapped: a 1M-item bundle is
+    not loaded into this process)."""
+    users = np.load(model_dir / "user_ids.npy", mmap_mode="r")
+    items = np.load(model_dir / "item_ids.npy", mmap_mode="r")
+    rng = np.random.default_rng(seed)
+    specs = []
+    for i in range(n):
+        kind = i % 10
+        if kind == 8:
+            specs.append((f"new-{i}", ()))
+        elif kind == 9:
+            a, b = rng.integers(0, len(items), size=2)
+            specs.append(("", (str(items[a]), str(items[b]))))
+        else:
+            specs.append((str(users[rng.integers(0, len(users))]), ()))
+    return specs
+
+
+def percentiles(values: np.ndarray) -> dict[str, float]:
+    if len(values) == 0:
+        return {"p50": float("nan"), "p95": float("nan"), "p99": float("nan"), "max": float("nan")}
+    return {"p50": float(np.percentile(values, 50)), "p95": float(np.percentile(values, 95)),
+            "p99": float(np.percentile(values, 99)), "max": float(values.max())}
+
+
+class LoadGenerators:
+    """`n` load-generator processes (spawned: fresh interpreters, no inherited gRPC state)."""
+
+    def __init__(self, n: int, target: str, specs, k: int, channels: int, timeout: float) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.conns, self.procs = [], []
+        for _ in range(n):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_load_process, args=(child, target, specs, k, channels, timeout), daemon=True)
+            proc.start()
+            child.close()
+            self.conns.append(parent)
+            self.procs.append(proc)
+        for conn in self.conns:
+            if not conn.poll(120):
+                raise SystemExit("load generator did not start")
+            conn.recv()
+
+    def run(self, mode: str, level: float, warmup: float, duration: float, server: ServerProcess) -> dict:
+        n = len(self.conns)
+        if mode == "closed":  # spread the in-flight requests over the processes
+            shares = [level // n + (1 if i < level % n else 0) for i in range(n)]
+        else:
+            shares = [level / n] * n
+        start_at = time.time() + 0.3
+        active = [(c, s) for c, s in zip(self.conns, shares) if s > 0]
+        for conn, share in active:
+            conn.send(("run", mode, start_at, warmup, duration, share))
+        # CPU of the server and of the machine over the measured window
+        time.sleep(max(0.0, start_at + warmup - time.time()))
+        pids = server.all_pids()
+        s0 = sum(proc_cpu_seconds(p) for p in pids)
+        m0 = machine_busy_seconds()
+        t0 = time.monotonic()
+        time.sleep(duration)
+        s1 = sum(proc_cpu_seconds(p) for p in pids)
+        m1 = machine_busy_seconds()
+        window = time.monotonic() - t0
+        lat, srv, served, errors, client_cpu = [], [], Counter(), Counter(), 0.0
+        for conn, _ in active:
+            _, l, s, p, e, cpu = conn.recv()
+            lat.append(l)
+            srv.append(s)
+            served.update(p)
+            errors.update(e)
+            client_cpu += cpu
+        lat_all = np.concatenate(lat)
+        srv_all = np.concatenate(srv).astype(np.float64) / 1000.0
+        return {
+            "mode": mode, "level": level, "duration_s": duration, "requests": int(len(lat_all)),
+            "throughput_rps": round(len(lat_all) / duration, 1),
+            "latency_ms": percentiles(lat_all), "server_ms": percentiles(srv_all),
+            "errors": int(sum(errors.values())), "error_kinds": dict(errors),
+            "served_by_pid": dict(served),
+            "cpu_cores": {"server": round((s1 - s0) / window, 2), "load_generator": round(client_cpu, 2),
+                          "machine": round((m1[0] - m0[0]) / window, 2),
+                          "machine_total": round((m1[1] - m0[1]) / window, 2)},
+            "loadavg": loadavg(),
+        }
+
+    def close(self) -> None:
+        for conn in self.conns:
+            try:
+                conn.send(("quit",))
+            except (BrokenPipeError, OSError):
+                pass
+        for proc in self.procs:
+            proc.join(10)
+            if proc.is_alive():
+                proc.kill()
+
+
+def fmt_row(label: str, workers: int, r: dict) -> list[str]:
+    lat, srv, cpu = r["latency_ms"], r["server_ms"], r["cpu_cores"]
+    level = f"c={r['level']}" if r["mode"] == "closed" else f"rate={r['level']:g}/s"
+    spread = "/".join(str(v) for v in sorted(r["served_by_pid"].values(), reverse=True))
+    return [label, str(workers), level, f"{r['throughput_rps']:.0f}", f"{lat['p50']:.2f}", f"{lat['p95']:.2f}",
+            f"{lat['p99']:.2f}", f"{lat['max']:.1f}", str(r["errors"]), f"{srv['p50']:.2f}", f"{srv['p99']:.2f}",
+            spread, f"{cpu['server']:.2f}", f"{cpu['load_generator']:.2f}", f"{cpu['machine']:.2f}"]
+
+
+HEADER = ["model", "workers", "load", "req/s", "p50", "p95", "p99", "max", "errors", "srv p50", "srv p99",
+          "per pid", "cpu srv", "cpu gen", "cpu all"]
+
+
+def table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in [HEADER, *rows]) for i in range(len(HEADER))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(HEADER, widths)), "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
+    return "\n".join(lines)
+
+
+def models_to_run(args: argparse.Namespace) -> list[tuple[str, Path, Path]]:
+    from hybridrec.server.bundle import MANIFEST
+    from hybridrec.server.config import BUILTIN_CONFIG_DIR
+
+    default_config = BUILTIN_CONFIG_DIR / "default.yaml"
+    models = []
+    if args.model:
+        models.append((args.model.name, args.model, args.config or default_config))
+    for size in args.sizes or []:
+        model = args.bench_dir / size / "model"
+        if not (model / MANIFEST).is_file():
+            print(f"skipping size {size}: no bundle at {model} (benchmarks/train_scale.py builds it)", file=sys.stderr)
+            continue
+        models.append((size, model, args.scale_config or args.config or BUILTIN_CONFIG_DIR / "large.yaml"))
+    if args.demo or not (args.model or args.sizes):
+        from latency import ensure_demo_model
+
+        config = args.config or default_config
+        models.insert(0, ("demo", ensure_demo_model(args.demo_dir, config), config))
+    return models
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--model", type=Path, help="a bundle directory to serve")
+    parser.add_argument("--config", type=Path, help="its config (default: server/configs/default.yaml)")
+    parser.add_argument("--sizes", nargs="*", help="scale bundles: BENCH_DIR/<size>/model, e.g. medium large")
+    parser.add_argument("--bench-dir", type=Path, default=Path(".hybridrec/bench"))
+    parser.add_argument("--scale-config", type=Path, help="config of the --sizes bundles (default: server/configs/large.yaml)")
+    parser.add_argument("--demo", action="store_true", help="include the demo model with --model/--sizes")
+    parser.add_argument("--demo-dir", type=Path, default=Path(".hybridrec/demo"))
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="server worker counts to compare")
+    parser.add_argument("--threads", type=int, default=8, help="handler threads per server process")
+    parser.add_argument("--server-arg", action="append", default=[], help="extra `hybridrec serve` argument (repeat)")
+    parser.add_argument("--concurrency", type=int, nargs="*", default=[1, 4, 16, 64], help="closed-loop levels")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds measured per closed-loop level")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of load before measuring each level")
+    parser.add_argument("--rate", type=float, nargs="*", default=[], help="open-loop target rates (requests/s)")
+    parser.add_argument("--rate-duration", type=float, default=30.0, help="seconds measured per open-loop rate")
+    parser.add_argument("--clients", type=int, default=1, help="load-generator processes")
+    parser.add_argument("--channels", type=int, default=8, help="gRPC channels (connections) per load process")
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--timeout", type=float, default=5.0, help="per-request deadline (s)")
+    parser.add_argument("--start-timeout", type=float, default=900.0, help="seconds for the server to start")
+    parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "serve_load.json")
+    args = parser.parse_args()
+
+    report = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+                    "loadavg_before": loadavg()},
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "runs": [],
+    }
+    rows: list[list[str]] = []
+    for label, model_dir, config in models_to_run(args):
+        manifest = json.loads((model_dir / "manifest.json").read_text())
+        counts = manifest.get("counts", {})
+        specs = request_specs(model_dir, 4000)
+        print(f"== {label}: {model_dir} ({counts.get('users')} users, {counts.get('items')} items), config {config}; "
+              f"load average {loadavg()}", flush=True)
+        for workers in args.workers:
+            server = ServerProcess(model_dir, config, workers, args.threads, args.server_arg)
+            started = time.monotonic()
+            server.wait_serving(args.start_timeout)
+            start_s = time.monotonic() - started
+            memory_idle = {str(p): memory_kb(p) for p in server.all_pids()}
+            run = {"model": label, "model_dir": str(model_dir), "config": str(config), "users": counts.get("users"),
+                   "items": counts.get("items"), "workers": workers, "threads": args.threads,
+                   "server_cmd": " ".join(server.cmd[1:]), "start_seconds": round(start_s, 1), "levels": []}
+            gens = LoadGenerators(args.clients, f"127.0.0.1:{server.port}", specs, args.k, args.channels, args.timeout)
+            try:
+                plan = [("closed", c, args.duration) for c in args.concurrency]
+                plan += [("open", r, args.rate_duration) for r in args.rate]
+                for mode, level, duration in plan:
+                    result = gens.run(mode, level, args.warmup, duration, server)
+                    run["levels"].append(result)
+                    rows.append(fmt_row(label, workers, result))
+                    print(table([rows[-1]]).splitlines()[-1] if len(rows) > 1 else table(rows), flush=True)
+            finally:
+                gens.close()
+                run["memory_kb_idle"] = memory_idle
+                run["memory_kb_after_load"] = {str(p): memory_kb(p) for p in server.all_pids()}
+                code = server.stop()
+                run["stop_exit_code"] = code
+                run["stderr_tail"] = "".join(server.lines[-5:])
+            after = run["memory_kb_after_load"]
+            workers_only = [m for p, m in after.items() if int(p) != server.proc.pid or workers == 1]
+            run["rss_mb_workers"] = round(sum(m.get("VmRSS", 0) for m in workers_only) / 1024, 1)
+            run["pss_mb_workers"] = round(sum(m.get("Pss", 0) for m in workers_only) / 1024, 1)
+            print(f"   {label} workers={workers}: started in {start_s:.1f} s; after load VmRSS "
+                  + ", ".join(f"pid {p} {m.get('VmRSS', 0) / 1024:.0f} MB (Pss {m.get('Pss', 0) / 1024:.0f})"
+                              for p, m in after.items())
+                  + f"; server exit code {code}", flush=True)
+            report["runs"].append(run)
+    report["machine"]["loadavg_after"] = loadavg()
+    print()
+    print(table(rows))
+    print("latency ms (client round trip; open loop: from the scheduled send time); srv = handler time in the "
+          "server; per pid = requests each server process answered; cpu = cores used by the server processes, "
+          "the load generator, and the whole machine")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
