@@ -51,9 +51,10 @@ class RunningServer:
 
 
 def load_state(model_dir: str | Path, config_path: str | Path, plugins: Plugins | None = None,
-               mmap: bool = False) -> ServingState:
-    """Load and validate a bundle and build the pipelines of a config. `mmap` maps the bundle's
-    arrays read-only instead of reading them, so processes serving one bundle share its pages."""
+               mmap: bool | None = None) -> ServingState:
+    """Load and validate a bundle and build the pipelines of a config. `mmap` as `load_model`'s:
+    True maps every array read-only (processes serving one bundle share its pages), None maps
+    the large ones."""
     plugins = plugins or Plugins()
     config = load_serving_config(config_path, plugins)
     model = load_model(model_dir, mmap=mmap)
