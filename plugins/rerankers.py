@@ -13,7 +13,10 @@ class MMR(Reranker):
     """Greedy MMR: pick argmax of lambda * relevance - (1 - lambda) * max similarity to picks.
 
     Relevance is the scorer's final score min-max scaled over the pool; similarity is the
-    cosine of content embeddings (or SVD item factors with `similarity: cf`).
+    cosine of content embeddings (or SVD item factors with `similarity: cf`). The redundancy
+    of a candidate is its largest similarity to the picks (`redundancy: max`, the classic
+    MMR) or its mean similarity to them (`mean`, which trades relevance for intra-list
+    diversity, itself a mean, more evenly).
     """
 
     plugin_name = "mmr"
@@ -23,6 +26,7 @@ class MMR(Reranker):
         lambda_weight: float = 0.7  # MMR lambda: 1.0 keeps the scorer's order, lower diversifies
         pool: int = 50  # how many top candidates MMR chooses from
         similarity: str = "content"
+        redundancy: str = "max"  # max or mean similarity to the items already picked
 
     def validate(self) -> None:
         if not 0.0 <= self.params.lambda_weight <= 1.0:
@@ -31,6 +35,8 @@ class MMR(Reranker):
             raise ValueError("pool must be >= 1")
         if self.params.similarity not in ("content", "cf"):
             raise ValueError("similarity must be one of: content, cf")
+        if self.params.redundancy not in ("max", "mean"):
+            raise ValueError("redundancy must be one of: max, mean")
 
     def window(self, k: int) -> int:
         return max(k, self.params.pool)
@@ -42,18 +48,19 @@ class MMR(Reranker):
         relevance = candidates.final[pool].astype(np.float64)
         span = relevance.max() - relevance.min()
         relevance = (relevance - relevance.min()) / span if span > 0 else np.ones_like(relevance)
-        vectors = ctx.model.item_content if self.params.similarity == "content" else ctx.model.item_factors
-        emb = vectors[candidates.items[pool]].astype(np.float64)
-        norms = np.linalg.norm(emb, axis=1, keepdims=True)
-        emb = emb / np.where(norms > 0, norms, 1.0)
+        emb = _unit_vectors(ctx, candidates.items[pool], self.params.similarity)
         sims = emb @ emb.T
         lam = self.params.lambda_weight
         chosen: list[int] = []
         mmr_scores = np.full(len(candidates), np.nan, dtype=np.float32)
         max_sim = np.full(pool.shape[0], -np.inf)
+        sum_sim = np.zeros(pool.shape[0])
         available = np.ones(pool.shape[0], dtype=bool)
-        for _ in range(min(ctx.k, pool.shape[0])):
-            penalty = np.where(np.isfinite(max_sim), max_sim, 0.0)
+        for step in range(min(ctx.k, pool.shape[0])):
+            if self.params.redundancy == "mean":
+                penalty = sum_sim / step if step else sum_sim
+            else:
+                penalty = np.where(np.isfinite(max_sim), max_sim, 0.0)
             value = lam * relevance - (1.0 - lam) * penalty
             value[~available] = -np.inf
             best = int(np.argmax(value))
@@ -61,9 +68,18 @@ class MMR(Reranker):
             available[best] = False
             mmr_scores[pool[best]] = value[best]
             max_sim = np.maximum(max_sim, sims[best])
+            sum_sim += sims[best]
         candidates.stage_scores[self.name] = mmr_scores
         rest = np.concatenate([pool[available], ranked[pool.shape[0]:]])
         return np.concatenate([pool[chosen], rest])
+
+
+def _unit_vectors(ctx: RequestContext, items: np.ndarray, similarity: str) -> np.ndarray:
+    """Rows of the content embeddings (or SVD item factors) scaled to unit length."""
+    vectors = ctx.model.item_content if similarity == "content" else ctx.model.item_factors
+    emb = vectors[items].astype(np.float64)
+    norms = np.linalg.norm(emb, axis=1, keepdims=True)
+    return emb / np.where(norms > 0, norms, 1.0)
 
 
 @hookimpl

@@ -89,14 +89,20 @@ class ContentConfig:
 
 @dataclass
 class ItemItemConfig:
-    """An item-item model: EASE (a dense closed form) or cosine item-kNN (sparse).
+    """An item-item model: EASE or DLAE (dense closed forms) or cosine item-kNN (sparse).
 
     `auto` picks EASE up to `max_dense_items` items and kNN above, where EASE's dense
-    item x item inverse no longer fits the time and memory budget.
+    item x item inverse no longer fits the time and memory budget. DLAE (Steck, 2020) is
+    EASE's denoising sibling: a dropout-shaped penalty on each item's weights instead of
+    the zero-diagonal constraint.
     """
 
-    method: str = "auto"  # auto, ease, knn or none
-    ease_lambda: float = 500.0
+    method: str = "auto"  # auto, ease, dlae, knn or none
+    ease_lambda: float = 500.0  # L2 penalty of EASE and DLAE
+    dlae_dropout: float = 0.5  # DLAE's dropout probability, in [0, 1)
+    # EASE/DLAE: add co-occurrence within this many seconds' time scale (null: off) ...
+    session_seconds: float | None = None
+    session_weight: float = 1.0  # ... with this weight relative to plain co-occurrence
     knn_neighbours: int = 100
     # kNN: only each user's this many strongest items count towards similarities (null: all)
     knn_max_user_items: int | None = None
@@ -209,9 +215,18 @@ def load_training_config(path: str | Path | None) -> TrainingConfig:
     for name, weight in events.weights.items():
         if not isinstance(weight, (int, float)) or weight < 0:
             raise ConfigError(f"{path}: training.events.weights.{name}: must be a number >= 0, got {weight!r}")
-    if config.item_item.method not in ("auto", "ease", "knn", "none"):
+    if config.item_item.method not in ("auto", "ease", "dlae", "knn", "none"):
         raise ConfigError(f"{path}: training.item_item.method: {config.item_item.method!r} is not one of: "
-                          "auto, ease, knn, none")
+                          "auto, ease, dlae, knn, none")
+    if config.item_item.session_seconds is not None and config.item_item.session_seconds <= 0:
+        raise ConfigError(f"{path}: training.item_item.session_seconds: must be > 0 or null, "
+                          f"got {config.item_item.session_seconds!r}")
+    if config.item_item.session_weight < 0:
+        raise ConfigError(f"{path}: training.item_item.session_weight: must be >= 0, "
+                          f"got {config.item_item.session_weight!r}")
+    if not 0.0 <= config.item_item.dlae_dropout < 1.0:
+        raise ConfigError(f"{path}: training.item_item.dlae_dropout: must be in [0, 1), "
+                          f"got {config.item_item.dlae_dropout!r}")
     if config.item_item.ease_lambda <= 0 or config.item_item.knn_neighbours < 1:
         raise ConfigError(f"{path}: training.item_item: ease_lambda must be > 0 and knn_neighbours >= 1")
     if config.item_item.knn_max_user_items is not None and config.item_item.knn_max_user_items < 1:

@@ -108,14 +108,55 @@ def content_embeddings(catalogue: Catalogue, n_items: int, fields: list[str], di
     return normalize(dense).astype(np.float32)
 
 
-def ease_matrix(matrix: sp.csr_matrix, lam: float) -> np.ndarray:
-    """EASE (Steck, 2019): B = I - P diagMat(1 / diag(P)), P = (X'X + lam I)^-1, diag(B) = 0."""
+def item_gram(matrix: sp.csr_matrix, pair_times: np.ndarray | None = None, session_seconds: float | None = None,
+              session_weight: float = 1.0) -> np.ndarray:
+    """Dense item x item gram X'X, plus, with `session_seconds`, a session term.
+
+    The session term adds, for every user and pair of their items, w_i w_j exp(-|t_i - t_j| / tau)
+    (t the pair's last event time, tau = session_seconds): items taken up within minutes of
+    each other co-occur more strongly than items a year apart. The Laplacian kernel is
+    positive definite, so the sum stays a valid gram for EASE and DLAE.
+    """
     gram = (matrix.T @ matrix).toarray().astype(np.float64)
-    gram[np.diag_indices_from(gram)] += lam
-    inverse = np.linalg.inv(gram)
+    if not session_seconds or session_weight <= 0:
+        return gram
+    if pair_times is None or pair_times.shape[0] != matrix.nnz:
+        raise ValueError("a session gram needs one timestamp per stored (user, item) pair")
+    session = np.zeros_like(gram)
+    indptr, indices = matrix.indptr, matrix.indices
+    for user in range(matrix.shape[0]):
+        lo, hi = indptr[user], indptr[user + 1]
+        if hi - lo < 2:
+            continue
+        items = indices[lo:hi]  # distinct within a row, so the fancy-indexed += below is exact
+        stamps = pair_times[lo:hi].astype(np.float64)
+        weights = matrix.data[lo:hi].astype(np.float64)
+        kernel = np.exp(-np.abs(stamps[:, None] - stamps[None, :]) / session_seconds)
+        session[np.ix_(items, items)] += kernel * weights[:, None] * weights[None, :]
+    return gram + session_weight * session
+
+
+def ease_matrix(gram: np.ndarray, lam: float) -> np.ndarray:
+    """EASE (Steck, 2019): B = I - P diagMat(1 / diag(P)), P = (G + lam I)^-1, diag(B) = 0."""
+    system = gram.copy()
+    system[np.diag_indices_from(system)] += lam
+    inverse = np.linalg.inv(system)
     weights = -inverse / np.diag(inverse)
     np.fill_diagonal(weights, 0.0)
     return weights.astype(np.float32)
+
+
+def dlae_matrix(gram: np.ndarray, lam: float, dropout: float) -> np.ndarray:
+    """DLAE (Steck, 2020): B = (G + L)^-1 G, L = diag(p / (1 - p) * diag(G) + lam).
+
+    Dropout p penalises each item's weights in proportion to its own popularity, which
+    stands in for EASE's zero-diagonal constraint; the diagonal of B is left as solved
+    (it only scores items a user already has, which the filters remove).
+    """
+    penalty = dropout / (1.0 - dropout) * np.diag(gram) + lam
+    system = gram.copy()
+    system[np.diag_indices_from(system)] += penalty
+    return np.linalg.solve(system, gram).astype(np.float32)
 
 
 def knn_matrix(matrix: sp.csr_matrix, neighbours: int, max_user_items: int | None = None) -> sp.csr_matrix:
@@ -127,14 +168,22 @@ def knn_matrix(matrix: sp.csr_matrix, neighbours: int, max_user_items: int | Non
     return item_knn.knn_matrix(matrix, neighbours, max_user_items)
 
 
-def item_item_model(matrix: sp.csr_matrix, config: ItemItemConfig) -> tuple[str, dict[str, np.ndarray]]:
-    """The item-item weights as CSR arrays (row = an item the user has, column = a candidate)."""
+def item_item_model(matrix: sp.csr_matrix, config: ItemItemConfig,
+                    pair_times: np.ndarray | None = None) -> tuple[str, dict[str, np.ndarray]]:
+    """The item-item weights as CSR arrays (row = an item the user has, column = a candidate).
+
+    `pair_times` (the last event time of each stored pair of `matrix`) feeds the session
+    term of the dense methods' gram when `session_seconds` is set."""
     n = matrix.shape[1]
     method = config.method
     if method == "auto":
         method = "ease" if n <= config.max_dense_items else "knn"
-    if method == "ease":
-        csr = sp.csr_matrix(ease_matrix(matrix, config.ease_lambda))
+    if method in ("ease", "dlae"):
+        gram = item_gram(matrix, pair_times, config.session_seconds, config.session_weight)
+        if method == "ease":
+            csr = sp.csr_matrix(ease_matrix(gram, config.ease_lambda))
+        else:
+            csr = sp.csr_matrix(dlae_matrix(gram, config.ease_lambda, config.dlae_dropout))
     elif method == "knn":
         csr = knn_matrix(matrix, config.knn_neighbours, config.knn_max_user_items)
     else:
@@ -211,7 +260,7 @@ def train(events_path: str | Path, items_path: str | Path, config: TrainingConfi
         user_factors, item_factors = collaborative_factors(
             matrix, config.collaborative.components, config.collaborative.n_iter, config.seed)
     with steps.step(f"item-item model ({config.item_item.method})"):
-        item_item_method, item_item = item_item_model(matrix, config.item_item)
+        item_item_method, item_item = item_item_model(matrix, config.item_item, histories["history_last_ts"])
     with steps.step("content embeddings"):
         content = content_embeddings(catalogue, n_items, config.content.text_fields, config.content.dims,
                                      config.content.max_features, config.content.embedding_column, config.seed)

@@ -22,8 +22,11 @@ log = logging.getLogger("hybridrec")
 
 SEARCH_COMPONENTS = (8, 16, 24, 32, 64)
 SEARCH_EASE_LAMBDA = (200.0, 350.0, 500.0, 750.0, 1000.0)
-MMR_LAMBDAS = (0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5)
-MMR_MAX_NDCG_LOSS = 0.03  # the most diverse lambda that keeps ndcg@10 within 3% of no MMR
+SEARCH_DLAE_DROPOUT = (0.5, 0.6, 0.7, 0.8)
+SEARCH_SESSION_SECONDS = (None, 60.0, 300.0, 900.0, 3600.0)
+SEARCH_SESSION_WEIGHT = (1.0, 2.0, 3.0, 5.0)
+MMR_LAMBDAS = (0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5, 0.4, 0.3)
+MMR_MAX_NDCG_LOSS = 0.04  # the most diverse lambda that keeps ndcg@10 within 4% of no MMR
 MIN_GAIN = 0.0025  # a change must beat the incumbent by this relative margin: less is noise
 FOLDS = 2  # validation folds averaged per trial
 
@@ -91,13 +94,21 @@ def tune(data: str | Path, base_config: str | Path, out_path: str | Path, pipeli
 
         best = measure(config, None, "base config")
         present_types = set(np.unique([r.get("event_type", "") for r in sub.rows]).tolist())
+        dense_item_item = config.item_item.method in ("ease", "dlae")
         searches: list[tuple[str, list[Any], Callable[[TrainingConfig, Any], None]]] = [
             ("events.weights", event_weight_variants(config.events.weights, present_types),
              lambda c, v: setattr(c.events, "weights", v)),
             ("collaborative.components", list(SEARCH_COMPONENTS),
              lambda c, v: setattr(c.collaborative, "components", v)),
-            ("item_item.ease_lambda", list(SEARCH_EASE_LAMBDA) if config.item_item.method in ("ease", "auto") else [],
+            ("item_item.ease_lambda",
+             list(SEARCH_EASE_LAMBDA) if config.item_item.method in ("ease", "dlae", "auto") else [],
              lambda c, v: setattr(c.item_item, "ease_lambda", v)),
+            ("item_item.dlae_dropout", list(SEARCH_DLAE_DROPOUT) if config.item_item.method == "dlae" else [],
+             lambda c, v: setattr(c.item_item, "dlae_dropout", v)),
+            ("item_item.session_seconds", list(SEARCH_SESSION_SECONDS) if dense_item_item else [],
+             lambda c, v: setattr(c.item_item, "session_seconds", v)),
+            ("item_item.session_weight", list(SEARCH_SESSION_WEIGHT) if dense_item_item else [],
+             lambda c, v: setattr(c.item_item, "session_weight", v)),
         ]
         for name, values, apply in searches:
             for value in values:

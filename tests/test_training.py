@@ -203,11 +203,11 @@ def test_out_dir_that_is_not_a_bundle_is_never_overwritten(tiny: tuple[Path, Pat
 def test_ease_weights_satisfy_the_closed_form(tiny: tuple[Path, Path], tmp_path: Path) -> None:
     import scipy.sparse as sp
 
-    from hybridrec.server.training import ease_matrix
+    from hybridrec.server.training import ease_matrix, item_gram
 
     x = sp.csr_matrix(np.array([[1, 1, 0, 0], [1, 1, 1, 0], [0, 0, 1, 1], [0, 1, 1, 1]], dtype=np.float32))
     lam = 0.5
-    b = ease_matrix(x, lam)
+    b = ease_matrix(item_gram(x), lam)
     assert np.allclose(np.diag(b), 0.0)
     # EASE's stationarity condition: (X'X + lam I) B = X'X - diag(mu) for some mu, so off-diagonal
     # entries of (X'X + lam I) B - X'X vanish.
@@ -236,3 +236,46 @@ def test_item_item_method_auto_and_knn(tiny: tuple[Path, Path], tmp_path: Path) 
     config.item_item.method = "none"
     train(events, items, config, tmp_path / "none")
     assert load_model(tmp_path / "none").item_item.nnz == 0
+
+
+def test_dlae_weights_solve_their_normal_equations() -> None:
+    import scipy.sparse as sp
+
+    from hybridrec.server.training import dlae_matrix, item_gram
+
+    x = sp.csr_matrix(np.array([[1, 1, 0, 0], [1, 1, 1, 0], [0, 0, 1, 1], [0, 1, 1, 1]], dtype=np.float32))
+    gram = item_gram(x)
+    lam, p = 0.5, 0.6
+    b = dlae_matrix(gram, lam, p)
+    penalty = np.diag(p / (1 - p) * np.diag(gram) + lam)
+    assert np.allclose((gram + penalty) @ b, gram, atol=1e-4)
+    # a stronger dropout shrinks the weights towards zero
+    assert np.abs(dlae_matrix(gram, lam, 0.9)).sum() < np.abs(b).sum()
+
+
+def test_session_gram_matches_a_pairwise_sum() -> None:
+    import scipy.sparse as sp
+
+    from hybridrec.server.training import item_gram
+
+    # user 0: items 0, 1 a minute apart and item 2 a day later; user 1: items 1, 2 together
+    users = np.array([0, 0, 0, 1, 1])
+    items = np.array([0, 1, 2, 1, 2])
+    weights = np.array([1.0, 2.0, 1.0, 1.0, 3.0], dtype=np.float32)
+    stamps = np.array([0, 60, 86_400, 500, 500])
+    x = sp.csr_matrix((weights, (users, items)), shape=(2, 3))
+    tau = 300.0
+    got = item_gram(x, stamps, session_seconds=tau, session_weight=2.0)  # CSR keeps this row-major order
+    expected = (x.T @ x).toarray()
+    for u in (0, 1):
+        rows = np.nonzero(users == u)[0]
+        for a in rows:
+            for b in rows:
+                kernel = np.exp(-abs(stamps[a] - stamps[b]) / tau)
+                expected[items[a], items[b]] += 2.0 * weights[a] * weights[b] * kernel
+    assert np.allclose(got, expected)
+    # the session term links 0 and 1 (a minute apart) far more than 0 and 2 (a day apart)
+    plain = (x.T @ x).toarray()
+    assert got[0, 1] - plain[0, 1] > 100 * (got[0, 2] - plain[0, 2])
+    with pytest.raises(ValueError, match="one timestamp per stored"):
+        item_gram(x, stamps[:2], session_seconds=tau)
