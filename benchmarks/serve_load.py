@@ -332,6 +332,7 @@ class LoadGenerators:
             "cpu_cores": {"server": round((s1 - s0) / window, 2), "load_generator": round(client_cpu, 2),
                           "machine": round((m1[0] - m0[0]) / window, 2),
                           "machine_total": round((m1[1] - m0[1]) / window, 2)},
+            "server_cpu_ms_per_request": round((s1 - s0) / window * 1000.0 / max(len(lat_all) / duration, 1e-9), 3),
             "loadavg": loadavg(),
         }
 
@@ -353,11 +354,12 @@ def fmt_row(label: str, workers: int, r: dict) -> list[str]:
     spread = "/".join(str(v) for v in sorted(r["served_by_pid"].values(), reverse=True))
     return [label, str(workers), level, f"{r['throughput_rps']:.0f}", f"{lat['p50']:.2f}", f"{lat['p95']:.2f}",
             f"{lat['p99']:.2f}", f"{lat['max']:.1f}", str(r["errors"]), f"{srv['p50']:.2f}", f"{srv['p99']:.2f}",
-            spread, f"{cpu['server']:.2f}", f"{cpu['load_generator']:.2f}", f"{cpu['machine']:.2f}"]
+            spread, f"{cpu['server']:.2f}", f"{r['server_cpu_ms_per_request']:.2f}", f"{cpu['load_generator']:.2f}",
+            f"{cpu['machine']:.2f}"]
 
 
 HEADER = ["model", "workers", "load", "req/s", "p50", "p95", "p99", "max", "errors", "srv p50", "srv p99",
-          "per pid", "cpu srv", "cpu gen", "cpu all"]
+          "per pid", "cpu srv", "ms/req", "cpu gen", "cpu all"]
 
 
 def table(rows: list[list[str]]) -> str:
@@ -408,7 +410,7 @@ def main() -> int:
     parser.add_argument("--rate", type=float, nargs="*", default=[], help="open-loop target rates (requests/s)")
     parser.add_argument("--rate-duration", type=float, default=30.0, help="seconds measured per open-loop rate")
     parser.add_argument("--clients", type=int, default=1, help="load-generator processes")
-    parser.add_argument("--channels", type=int, default=8, help="gRPC channels (connections) per load process")
+    parser.add_argument("--channels", type=int, default=16, help="gRPC channels (connections) per load process")
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--timeout", type=float, default=5.0, help="per-request deadline (s)")
     parser.add_argument("--start-timeout", type=float, default=900.0, help="seconds for the server to start")
@@ -467,8 +469,9 @@ def main() -> int:
     print()
     print(table(rows))
     print("latency ms (client round trip; open loop: from the scheduled send time); srv = handler time in the "
-          "server; per pid = requests each server process answered; cpu = cores used by the server processes, "
-          "the load generator, and the whole machine")
+          "server; per pid = requests each server process answered; cpu = cores used by the server processes "
+          f"(ms/req: server CPU per request), the load generator, and the whole machine (of {os.cpu_count()}; "
+          "beyond the first two, other work)")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.json}")
