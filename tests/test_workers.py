@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from hybridrec.clients import RecommenderClient
 from hybridrec.server.bundle import load_model
 from hybridrec.v1 import recommender_pb2 as pb
 from hybridrec.v1 import recommender_pb2_grpc as pb_grpc
@@ -113,6 +114,18 @@ def test_two_workers_share_the_port_and_stop_on_sigterm(demo_model: Path) -> Non
                 break
         assert set(served) == pids, served  # both workers answered
         assert all(len(a) == 1 for a in answers.values())  # and the same way
+
+        # the Python client with several connections reaches both workers too (4 connections all
+        # land on one worker 1 time in 8, hence a few clients)
+        reached: set[str] = set()
+        for _ in range(10):
+            with RecommenderClient(f"127.0.0.1:{port}", timeout=10, connections=4) as client:
+                results = [client.recommend(users[0], k=5) for _ in range(8)]
+            reached |= {str(r.worker_pid) for r in results}
+            assert {tuple(r.item_ids) for r in results} == answers[users[0]]
+            if reached == pids:
+                break
+        assert reached == pids
 
         server.proc.send_signal(signal.SIGTERM)
         assert server.proc.wait(30) == 0, server.stderr[-3000:]
