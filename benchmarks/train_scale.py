@@ -153,6 +153,7 @@ def bench_size(size: str, root: Path, config: Path, seed: int, queries: int, ret
     base = root / size
     data, model = base / "data", base / "model"
     result: dict = {"size": size, "users": users, "items": items, "events": events, "config": str(config)}
+    base.mkdir(parents=True, exist_ok=True)
     if not ((data / "events.csv").is_file() and (data / "items.csv").is_file()):
         print(f"[{size}] generating data in {data}", flush=True)
         gen = run_timed([str(BIN / "hybridrec"), "scale-data", "--out", str(data), "--users", str(users),

@@ -1,9 +1,10 @@
 """FAISS index choice, build and search-time parameters.
 
 `index: auto` picks exact `Flat` up to AUTO_FLAT_MAX_ITEMS vectors and an inverted-file index
-above (`IVF<nlist>,Flat` with nlist ~ 4 sqrt(n), a power of two): it builds in seconds on
-millions of vectors where HNSW takes minutes, and handles the un-normalised inner products
-of the collaborative factors well. Any FAISS factory string (e.g. `HNSW32`) is accepted too.
+above (`IVF<nlist>,Flat` with nlist ~ sqrt(n), a power of two: 1,024 lists for a million
+items): with k-means on at most IVF_POINTS_PER_LIST points per list and IVF_NITER iterations
+it builds in well under a minute on a million vectors on 2 cores, where HNSW32 takes several
+minutes. Any FAISS factory string (e.g. `HNSW32`, `IVF4096,Flat`) is accepted too.
 
 Search-time parameters (`nprobe` for IVF, `efSearch` for HNSW) are not all persisted by
 `faiss.write_index` for every index type, so they are stored in the bundle manifest and
@@ -34,6 +35,8 @@ from .errors import ConfigError
 log = logging.getLogger("hybridrec")
 
 AUTO_FLAT_MAX_ITEMS = 50_000
+IVF_POINTS_PER_LIST = 64  # k-means sample per list (FAISS default 256: 4x the training cost)
+IVF_NITER = 10  # k-means iterations (FAISS default 25); plenty for coarse IVF lists
 TARGET_RECALL = 0.97
 TUNE_QUERIES = 500
 TUNE_K = 100
@@ -48,7 +51,7 @@ def resolve_factory(factory: str, n: int) -> str:
         return factory
     if n <= AUTO_FLAT_MAX_ITEMS:
         return "Flat"
-    nlist = 1 << int(round(np.log2(4 * np.sqrt(n))))
+    nlist = 1 << int(round(np.log2(np.sqrt(n))))
     return f"IVF{nlist},Flat"
 
 
@@ -119,11 +122,13 @@ def build_index(vectors: np.ndarray, factory: str, what: str, params: dict[str, 
     ivf = _ivf(index)
     if ivf is not None and ivf.nlist > max(1, data.shape[0] // 39):
         raise ConfigError(f"training.{what}.index: {resolved!r} has {ivf.nlist} lists for {data.shape[0]} vectors; "
-                          "use Flat or fewer lists (about 4 sqrt(n))")
+                          "use Flat or fewer lists (about sqrt(n))")
     if "efConstruction" in params and _hnsw(index) is not None:
         _hnsw(index).hnsw.efConstruction = int(params["efConstruction"])
     if ivf is not None:
         ivf.cp.seed = seed
+        ivf.cp.max_points_per_centroid = IVF_POINTS_PER_LIST
+        ivf.cp.niter = IVF_NITER
     if not index.is_trained:
         index.train(data)
     index.add(data)

@@ -188,8 +188,8 @@ def test_auto_index_is_flat_for_small_and_ivf_for_large_catalogues() -> None:
     from hybridrec.server.indexes import AUTO_FLAT_MAX_ITEMS, resolve_factory
 
     assert resolve_factory("auto", AUTO_FLAT_MAX_ITEMS) == "Flat"
-    assert resolve_factory("auto", 1_000_000) == "IVF4096,Flat"
-    assert resolve_factory("auto", 100_000) == "IVF1024,Flat"
+    assert resolve_factory("auto", 1_000_000) == "IVF1024,Flat"
+    assert resolve_factory("auto", 100_000) == "IVF256,Flat"
     assert resolve_factory("HNSW32", 10) == "HNSW32"
 
 
