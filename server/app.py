@@ -1,6 +1,7 @@
 """Building and running the gRPC server: Recommender, health checking and reflection."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -17,13 +18,14 @@ from typing import Any
 
 import faiss
 import grpc
+import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from hybridrec.v1 import recommender_pb2 as pb
 from hybridrec.v1 import recommender_pb2_grpc as pb_grpc
 
-from .bundle import load_model
+from .bundle import Model, load_model
 from .errors import HybridrecError
 from .interceptors import ErrorInterceptor
 from .pipeline import load_serving_config
@@ -58,7 +60,19 @@ def load_state(model_dir: str | Path, config_path: str | Path, plugins: Plugins 
     plugins = plugins or Plugins()
     config = load_serving_config(config_path, plugins)
     model = load_model(model_dir, mmap=mmap)
-    return ServingState(model=model, config=config)
+    return ServingState(model=plain_arrays(model), config=config)
+
+
+def plain_arrays(model: Model) -> Model:
+    """The model with its memory-mapped arrays as plain ndarray views of the same mapping.
+
+    `np.memmap` is a Python subclass whose `__getitem__` and `__array_finalize__` run on every
+    slice and fancy index: about 2.4 us each, and a Recommend on the medium scale bundle makes
+    about 21 of them with every array mapped (~0.05-0.1 ms of CPU, 1-2% of the request). A
+    base-class view reads the same shared pages for free."""
+    changes = {f.name: getattr(model, f.name).view(np.ndarray) for f in dataclasses.fields(model)
+               if isinstance(getattr(model, f.name), np.memmap)}
+    return dataclasses.replace(model, **changes) if changes else model
 
 
 def create_server(state: ServingState, address: str = "127.0.0.1:0", max_workers: int = 8,
