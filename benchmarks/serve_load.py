@@ -53,18 +53,19 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # ---------------------------------------------------------------- load generator (own process)
 
-def _load_process(conn, target: str, specs: list[tuple[str, tuple[str, ...]]], k: int, channels: int,
-                  timeout: float) -> None:
+def _load_process(conn, target: str, specs: list[tuple[str, tuple[str, ...]]], k: int, pipeline: str,
+                  channels: int, timeout: float) -> None:
     """A load-generator process: receives commands on `conn`, runs them, sends results back."""
-    asyncio.run(_load_main(conn, target, specs, k, channels, timeout))
+    asyncio.run(_load_main(conn, target, specs, k, pipeline, channels, timeout))
 
 
-async def _load_main(conn, target, specs, k, channels, timeout) -> None:
+async def _load_main(conn, target, specs, k, pipeline, channels, timeout) -> None:
     import grpc
     from hybridrec.v1 import recommender_pb2 as pb
     from hybridrec.v1 import recommender_pb2_grpc as pb_grpc
 
-    requests = [pb.RecommendRequest(user_id=user, k=k, context_item_ids=list(context)) for user, context in specs]
+    requests = [pb.RecommendRequest(user_id=user, k=k, context_item_ids=list(context), pipeline=pipeline)
+                for user, context in specs]
     # Each channel its own subchannel pool, hence its own TCP connection: with SO_REUSEPORT the
     # kernel gives each new connection to one worker, so several connections reach all of them.
     chans = [grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
@@ -278,12 +279,13 @@ def percentiles(values: np.ndarray) -> dict[str, float]:
 class LoadGenerators:
     """`n` load-generator processes (spawned: fresh interpreters, no inherited gRPC state)."""
 
-    def __init__(self, n: int, target: str, specs, k: int, channels: int, timeout: float) -> None:
+    def __init__(self, n: int, target: str, specs, k: int, pipeline: str, channels: int, timeout: float) -> None:
         ctx = multiprocessing.get_context("spawn")
         self.conns, self.procs = [], []
         for _ in range(n):
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_load_process, args=(child, target, specs, k, channels, timeout), daemon=True)
+            proc = ctx.Process(target=_load_process, args=(child, target, specs, k, pipeline, channels, timeout),
+                               daemon=True)
             proc.start()
             child.close()
             self.conns.append(parent)
@@ -412,6 +414,7 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=1, help="load-generator processes")
     parser.add_argument("--channels", type=int, default=16, help="gRPC channels (connections) per load process")
     parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--pipeline", default="", help="pipeline to request (default: the config's default)")
     parser.add_argument("--timeout", type=float, default=5.0, help="per-request deadline (s)")
     parser.add_argument("--start-timeout", type=float, default=900.0, help="seconds for the server to start")
     parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "serve_load.json")
@@ -429,8 +432,8 @@ def main() -> int:
         manifest = json.loads((model_dir / "manifest.json").read_text())
         counts = manifest.get("counts", {})
         specs = request_specs(model_dir, 4000)
-        print(f"== {label}: {model_dir} ({counts.get('users')} users, {counts.get('items')} items), config {config}; "
-              f"load average {loadavg()}", flush=True)
+        print(f"== {label}: {model_dir} ({counts.get('users')} users, {counts.get('items')} items), config {config}, "
+              f"pipeline {args.pipeline or 'default'}; load average {loadavg()}", flush=True)
         for workers in args.workers:
             server = ServerProcess(model_dir, config, workers, args.threads, args.server_arg)
             started = time.monotonic()
@@ -439,15 +442,17 @@ def main() -> int:
             memory_idle = {str(p): memory_kb(p) for p in server.all_pids()}
             run = {"model": label, "model_dir": str(model_dir), "config": str(config), "users": counts.get("users"),
                    "items": counts.get("items"), "workers": workers, "threads": args.threads,
+                   "pipeline": args.pipeline or "default",
                    "server_cmd": " ".join(server.cmd[1:]), "start_seconds": round(start_s, 1), "levels": []}
-            gens = LoadGenerators(args.clients, f"127.0.0.1:{server.port}", specs, args.k, args.channels, args.timeout)
+            gens = LoadGenerators(args.clients, f"127.0.0.1:{server.port}", specs, args.k, args.pipeline, args.channels,
+                                  args.timeout)
             try:
                 plan = [("closed", c, args.duration) for c in args.concurrency]
                 plan += [("open", r, args.rate_duration) for r in args.rate]
                 for mode, level, duration in plan:
                     result = gens.run(mode, level, args.warmup, duration, server)
                     run["levels"].append(result)
-                    rows.append(fmt_row(label, workers, result))
+                    rows.append(fmt_row(f"{label}:{args.pipeline}" if args.pipeline else label, workers, result))
                     print(table([rows[-1]]).splitlines()[-1] if len(rows) > 1 else table(rows), flush=True)
             finally:
                 gens.close()

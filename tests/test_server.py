@@ -234,3 +234,42 @@ def test_graceful_stop_reports_not_serving(demo_model) -> None:
         running.health.enter_graceful_shutdown()
         assert client.health() == "NOT_SERVING"
     running.server.stop(None)
+
+
+def test_a_call_that_ended_while_queued_is_not_run(demo_model) -> None:
+    """Overloaded: a request whose deadline passed while it waited for a handler thread is
+    dropped, not computed for nobody (gRPC's sync server does this before calling the handler;
+    the test keeps it so)."""
+    from hybridrec.server.app import create_server, load_state
+
+    from .conftest import DEFAULT_CONFIG
+
+    running = create_server(load_state(demo_model, DEFAULT_CONFIG), max_workers=1)
+    service = running.service
+    calls = []
+    original = service.recommend
+    gate = threading.Event()
+
+    def slow_first(request, deadline=None):
+        calls.append(request.user_id)
+        if request.user_id == "first":
+            gate.wait(5)
+        return original(request, deadline)
+
+    service.recommend = slow_first
+    try:
+        with RecommenderClient(f"127.0.0.1:{running.port}", retries=0) as client:
+            with futures.ThreadPoolExecutor(2) as pool:
+                first = pool.submit(client.recommend, "first", 3, timeout=10)
+                while not calls:
+                    threading.Event().wait(0.01)
+                with pytest.raises(grpc.RpcError) as exc:  # queued behind "first" on the one thread
+                    client.recommend("second", 3, timeout=0.3)
+                assert exc.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                gate.set()
+                assert len(first.result().items) == 3
+            assert len(client.recommend("third", 3).items) == 3
+        assert calls == ["first", "third"]  # "second" never ran
+    finally:
+        gate.set()
+        running.server.stop(None)
