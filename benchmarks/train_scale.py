@@ -111,16 +111,66 @@ RECALL_SCRIPT = textwrap.dedent("""
 """)
 
 
+HNSW_SCRIPT = textwrap.dedent("""
+    import json, sys, time
+    import faiss, numpy as np
+    from hybridrec.server.bundle import load_model
+    from hybridrec.server.indexes import build_index, recall_of
+    model = load_model(sys.argv[1], verify_checksums=False)
+    n_queries, k = int(sys.argv[2]), 100
+    m, ef_construction, which = int(sys.argv[3]), int(sys.argv[4]), sys.argv[5].split(",")
+    rng = np.random.default_rng(0)
+    out = {}
+    for name, vectors, queries in (("cf", model.item_factors, model.user_factors),
+                                   ("content", model.item_content, model.item_content)):
+        if name not in which:
+            continue
+        data = np.ascontiguousarray(vectors, dtype=np.float32)
+        rows = rng.choice(queries.shape[0], size=min(n_queries, queries.shape[0]), replace=False)
+        q = np.ascontiguousarray(queries[np.sort(rows)], dtype=np.float32)
+        q = q[np.any(q != 0, axis=1)]
+        exact = faiss.IndexFlatIP(data.shape[1])
+        exact.add(data)
+        truth = exact.search(q, k)
+        index, info = build_index(data, f"HNSW{m}", name, {"efConstruction": ef_construction, "efSearch": 16})
+        ladder = []
+        for ef in (64, 128, 256, 512):
+            faiss.omp_set_num_threads(2)
+            hnsw = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexPreTransform) else index
+            hnsw.hnsw.efSearch = ef
+            found = index.search(q, k)
+            faiss.omp_set_num_threads(1)
+            times = []
+            for row in q[:300]:
+                t = time.perf_counter()
+                index.search(row[None, :], k)
+                times.append(time.perf_counter() - t)
+            ladder.append({"efSearch": ef, "recall@100": round(recall_of(truth, found), 4),
+                           "latency_ms_p50": round(float(np.percentile(np.array(times) * 1000, 50)), 3)})
+        out[name] = {"index": f"HNSW{m}", "efConstruction": ef_construction, "build_s": info["build_seconds"],
+                     "mips_transform": info["mips_transform"], "ladder": ladder}
+    print(json.dumps(out))
+""")
+
+
 def run_timed(cmd: list[str], log_path: Path) -> dict:
-    """Run `cmd`, its output to `log_path`; wall seconds and peak RSS (MB) of the child."""
+    """Run `cmd`, its output to `log_path`; wall seconds and peak RSS (MB) of the child.
+
+    Also its CPU seconds and the load average around it: on a shared machine, wall time over
+    CPU time shows how much of the run was spent waiting for a core.
+    """
     started = time.perf_counter()
+    load_before = os.getloadavg()[0]
+    cpu = None
     if Path(TIME).exists():
         stats = log_path.with_suffix(".time")
         with log_path.open("w") as log:
-            code = subprocess.call([TIME, "-f", "%e %M", "-o", str(stats), *cmd], stdout=log, stderr=subprocess.STDOUT)
+            code = subprocess.call([TIME, "-f", "%e %M %U %S", "-o", str(stats), *cmd], stdout=log,
+                                   stderr=subprocess.STDOUT)
         wall = time.perf_counter() - started
-        fields = stats.read_text().split()[-2:]
+        fields = stats.read_text().split()[-4:]
         peak = int(fields[1]) / 1024
+        cpu = round(float(fields[2]) + float(fields[3]), 1)
     else:  # getrusage: the largest child so far, so run each size in its own invocation
         import resource
 
@@ -131,7 +181,8 @@ def run_timed(cmd: list[str], log_path: Path) -> dict:
     if code != 0:
         tail = log_path.read_text().strip().splitlines()[-5:]
         raise SystemExit(f"{' '.join(cmd)} failed with exit code {code}:\n" + "\n".join(tail))
-    return {"wall_s": round(wall, 1), "peak_rss_mb": round(peak, 1)}
+    return {"wall_s": round(wall, 1), "peak_rss_mb": round(peak, 1), "cpu_s": cpu,
+            "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
 
 
 def step_times(log_text: str) -> dict[str, float]:
@@ -148,7 +199,8 @@ def python_json(script: str, *args: str) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def bench_size(size: str, root: Path, config: Path, seed: int, queries: int, retrain: bool) -> dict:
+def bench_size(size: str, root: Path, config: Path, seed: int, queries: int, retrain: bool,
+               hnsw: tuple[int, int] | None = None, hnsw_indexes: tuple[str, ...] = ("cf", "content")) -> dict:
     users, items, events = SIZES[size]
     base = root / size
     data, model = base / "data", base / "model"
@@ -176,6 +228,11 @@ def bench_size(size: str, root: Path, config: Path, seed: int, queries: int, ret
     result["load"] = python_json(LOAD_SCRIPT, str(model), str(config))
     print(f"[{size}] ANN recall@100 and latency over {queries} queries", flush=True)
     result["ann"] = python_json(RECALL_SCRIPT, str(model), str(queries))
+    if hnsw:
+        m, efc = hnsw
+        print(f"[{size}] HNSW{m} (efConstruction {efc}) over the bundle's vectors, for comparison", flush=True)
+        result["hnsw_comparison"] = python_json(HNSW_SCRIPT, str(model), str(queries), str(m), str(efc),
+                                                ",".join(hnsw_indexes))
     return result
 
 
@@ -215,6 +272,10 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--no-retrain", action="store_true", help="reuse an existing bundle instead of training")
+    parser.add_argument("--hnsw", default=None, metavar="M,EFC",
+                        help="also build HNSW<M> with this efConstruction over each bundle's vectors "
+                             "and measure its build time, recall and latency per efSearch (e.g. 32,40)")
+    parser.add_argument("--hnsw-indexes", default="cf,content", help="which bundle vectors --hnsw indexes")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "train_scale.json")
     args = parser.parse_args()
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
@@ -226,7 +287,12 @@ def main() -> int:
     results = json.loads(args.out.read_text()) if args.out.is_file() else {}
     results = results.get("sizes", results) if isinstance(results, dict) else {}
     for size in sizes:
-        results[size] = bench_size(size, args.root, args.config, args.seed, args.queries, not args.no_retrain)
+        hnsw = tuple(int(x) for x in args.hnsw.split(",")) if args.hnsw else None
+        previous = results.get(size, {})
+        results[size] = bench_size(size, args.root, args.config, args.seed, args.queries, not args.no_retrain, hnsw,
+                                   tuple(args.hnsw_indexes.split(",")))
+        if args.no_retrain and "train" in previous and "train" not in results[size]:
+            results[size]["train"] = previous["train"]  # the bundle is the one that run trained
         results[size]["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"machine": {"cpus": os.cpu_count()}, "sizes": results}, indent=2) + "\n")
