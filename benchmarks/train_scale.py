@@ -105,6 +105,8 @@ RECALL_SCRIPT = textwrap.dedent("""
             "recall@100_ids": round(recall_of(truth, found, ties=False), 4),
             "latency_ms_p50": round(float(np.percentile(times, 50)), 3),
             "latency_ms_p95": round(float(np.percentile(times, 95)), 3),
+            "latency_ms_p99": round(float(np.percentile(times, 99)), 3),
+            "latency_ms_max": round(float(times.max()), 3),
             "latency_ms_mean": round(float(times.mean()), 3),
         }
     print(json.dumps(out))
