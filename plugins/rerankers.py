@@ -27,6 +27,7 @@ class MMR(Reranker):
         pool: int = 50  # how many top candidates MMR chooses from
         similarity: str = "content"
         redundancy: str = "max"  # max or mean similarity to the items already picked
+        keep_top: int = 0  # the first picks follow relevance alone; MMR fills the ranks after them
 
     def validate(self) -> None:
         if not 0.0 <= self.params.lambda_weight <= 1.0:
@@ -37,6 +38,8 @@ class MMR(Reranker):
             raise ValueError("similarity must be one of: content, cf")
         if self.params.redundancy not in ("max", "mean"):
             raise ValueError("redundancy must be one of: max, mean")
+        if self.params.keep_top < 0:
+            raise ValueError("keep_top must be >= 0")
 
     def window(self, k: int) -> int:
         return max(k, self.params.pool)
@@ -61,7 +64,8 @@ class MMR(Reranker):
                 penalty = sum_sim / step if step else sum_sim
             else:
                 penalty = np.where(np.isfinite(max_sim), max_sim, 0.0)
-            value = lam * relevance - (1.0 - lam) * penalty
+            weight = 1.0 if step < self.params.keep_top else lam
+            value = weight * relevance - (1.0 - weight) * penalty
             value[~available] = -np.inf
             best = int(np.argmax(value))
             chosen.append(best)

@@ -181,7 +181,7 @@ def _apply(raw: dict, config: TrainingConfig, pipeline: str, mmr_pipeline: str |
             continue
         scorer = spec.get("scorer")
         if weights is not None and isinstance(scorer, dict):
-            scorer.setdefault("params", {})["weights"] = weights
+            scorer.setdefault("params", {})["weights"] = dict(weights)
         for entry in spec.get("rerankers") or []:
             if lam is not None and isinstance(entry, dict) and entry.get("plugin") == "mmr":
                 entry.setdefault("params", {})["lambda_weight"] = lam

@@ -311,6 +311,39 @@ def test_mmr_diversifies_and_lambda_one_keeps_order(model) -> None:
     assert sorted(diverse.tolist()) == sorted(ranked.tolist())
 
 
+def test_mmr_mean_redundancy_and_keep_top(model) -> None:
+    from hybridrec.plugins.rerankers import MMR
+
+    rng = np.random.default_rng(1)
+    items = rng.choice(model.num_items, size=40, replace=False).astype(np.int64)
+    cands = Candidates(items=items, scores={})
+    cands.final = np.sort(rng.random(40).astype(np.float32))[::-1].copy()
+    ranked = top_positions(cands.final, 40)
+    ctx = make_ctx(model, k=10)
+    emb = model.item_content[items]
+
+    def mean_similarity(pos: np.ndarray) -> float:
+        sims = emb[pos[:10]] @ emb[pos[:10]].T
+        return float((sims.sum() - np.trace(sims)) / (10 * 9))
+
+    mean = MMR("mmr", MMR.Params(lambda_weight=0.2, pool=40, redundancy="mean")).rerank(ctx, cands, ranked)
+    assert sorted(mean.tolist()) == sorted(ranked.tolist())
+    assert mean_similarity(mean) < mean_similarity(ranked)
+    # the second pick is the one whose mean similarity to the first trades off best, by hand
+    relevance = (cands.final[ranked] - cands.final[ranked].min()) / np.ptp(cands.final[ranked])
+    unit = emb[ranked] / np.maximum(np.linalg.norm(emb[ranked], axis=1, keepdims=True), 1e-12)
+    value = 0.2 * relevance - 0.8 * (unit @ unit[0])
+    value[0] = -np.inf
+    assert mean[0] == ranked[0] and mean[1] == ranked[int(np.argmax(value))]
+    kept = MMR("mmr", MMR.Params(lambda_weight=0.2, pool=40, redundancy="mean", keep_top=3)).rerank(ctx, cands, ranked)
+    assert kept[:3].tolist() == ranked[:3].tolist()
+    assert kept[3:10].tolist() != ranked[3:10].tolist()
+    with pytest.raises(ValueError, match="redundancy must be one of: max, mean"):
+        MMR("mmr", MMR.Params(redundancy="sum")).validate()
+    with pytest.raises(ValueError, match="keep_top must be >= 0"):
+        MMR("mmr", MMR.Params(keep_top=-1)).validate()
+
+
 def test_top_positions_is_deterministic_and_ignores_nan() -> None:
     scores = np.array([0.5, np.nan, 0.9, 0.5, 0.1], dtype=np.float32)
     assert top_positions(scores, 3).tolist() == [2, 0, 3]
