@@ -289,14 +289,19 @@ def test_weighted_hybrid_blends_and_handles_a_missing_source(model) -> None:
     assert cands.final.tolist() == pytest.approx([0.5, 0.0, 1.0])
 
 
-def test_mmr_diversifies_and_lambda_one_keeps_order(model) -> None:
-    from hybridrec.plugins.rerankers import MMR
-
-    rng = np.random.default_rng(0)
+def ranked_candidates(model, seed: int) -> tuple[np.ndarray, Candidates, np.ndarray]:
+    """40 random items with descending final scores, and their ranking."""
+    rng = np.random.default_rng(seed)
     items = rng.choice(model.num_items, size=40, replace=False).astype(np.int64)
     cands = Candidates(items=items, scores={})
     cands.final = np.sort(rng.random(40).astype(np.float32))[::-1].copy()
-    ranked = top_positions(cands.final, 40)
+    return items, cands, top_positions(cands.final, 40)
+
+
+def test_mmr_diversifies_and_lambda_one_keeps_order(model) -> None:
+    from hybridrec.plugins.rerankers import MMR
+
+    items, cands, ranked = ranked_candidates(model, 0)
     ctx = make_ctx(model, k=10)
     keep = MMR("mmr", MMR.Params(lambda_weight=1.0, pool=40)).rerank(ctx, cands, ranked)
     assert keep[:10].tolist() == ranked[:10].tolist()
@@ -314,11 +319,7 @@ def test_mmr_diversifies_and_lambda_one_keeps_order(model) -> None:
 def test_mmr_mean_redundancy_and_keep_top(model) -> None:
     from hybridrec.plugins.rerankers import MMR
 
-    rng = np.random.default_rng(1)
-    items = rng.choice(model.num_items, size=40, replace=False).astype(np.int64)
-    cands = Candidates(items=items, scores={})
-    cands.final = np.sort(rng.random(40).astype(np.float32))[::-1].copy()
-    ranked = top_positions(cands.final, 40)
+    items, cands, ranked = ranked_candidates(model, 1)
     ctx = make_ctx(model, k=10)
     emb = model.item_content[items]
 
