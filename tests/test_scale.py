@@ -220,6 +220,41 @@ def test_search_params_are_tuned_stored_and_applied_at_load(tmp_path: Path) -> N
     assert loaded.hnsw.efSearch == 77
 
 
+def test_max_codes_bounds_a_search_through_one_overfull_list() -> None:
+    import faiss
+
+    from hybridrec.plugins.candidates import faiss_search
+    from hybridrec.server.indexes import MAX_CODES_FACTOR, apply_search_params, build_index
+
+    # a few hundred strong vectors and a long tail of near-zero ones, as SVD gives rare items
+    rng = np.random.default_rng(2)
+    strong = rng.normal(size=(640, 8)).astype(np.float32)
+    tail = (rng.normal(size=(20000, 8)) * 1e-4).astype(np.float32)
+    vectors = np.vstack([strong, tail])
+    queries = rng.normal(size=(100, 8)).astype(np.float32)
+    index, info = build_index(vectors, "IVF16,Flat", "collaborative", {}, queries)
+    ivf = faiss.extract_index_ivf(index)
+    sizes = np.array([ivf.invlists.list_size(i) for i in range(ivf.nlist)])
+    assert sizes.max() > 0.5 * vectors.shape[0]  # one list holds most of the tail
+    nprobe, cap = info["search_params"]["nprobe"], info["search_params"]["max_codes"]
+    assert info["tuned_recall@100"] >= 0.96  # measured with whatever cap is stored
+    # the cap is the default one, or 0 (none) where the default cost recall
+    expected = MAX_CODES_FACTOR * nprobe * np.median(sizes[sizes > 0])
+    assert cap == 0 or (abs(cap - expected) <= MAX_CODES_FACTOR * nprobe and cap < sizes.max())
+    balanced, info_b = build_index(rng.normal(size=(4000, 8)).astype(np.float32), "IVF16,Flat", "collaborative",
+                                   {"nprobe": 4})
+    assert info_b["search_params"]["max_codes"] > 4 * 4000 / 16  # never reached with even lists
+    _, info_c = build_index(vectors, "IVF16,Flat", "collaborative", {"nprobe": 8, "max_codes": 123})
+    assert info_c["search_params"] == {"nprobe": 8, "max_codes": 123}
+    loaded = faiss.deserialize_index(faiss.serialize_index(index))
+    apply_search_params(loaded, info["search_params"])
+    assert faiss.extract_index_ivf(loaded).max_codes == info["search_params"]["max_codes"]
+    # the top results of a strong query are strong vectors, cap or no cap, selector or not
+    exact = np.argsort(-(vectors @ queries[0]))[:10]
+    _, labels = faiss_search(loaded, queries[0], 10, np.array([vectors.shape[0] - 1], dtype=np.int64))
+    assert len(set(labels[0].tolist()) & set(exact.tolist())) >= 8
+
+
 def test_mips_transform_keeps_scores_and_takes_selectors() -> None:
     import faiss
 
