@@ -28,6 +28,7 @@ class MMR(Reranker):
         similarity: str = "content"
         redundancy: str = "max"  # max or mean similarity to the items already picked
         keep_top: int = 0  # the first picks follow relevance alone; MMR fills the ranks after them
+        order: str = "pick"  # pick: the list in MMR's pick order; relevance: the picked set by relevance
 
     def validate(self) -> None:
         if not 0.0 <= self.params.lambda_weight <= 1.0:
@@ -40,6 +41,8 @@ class MMR(Reranker):
             raise ValueError("redundancy must be one of: max, mean")
         if self.params.keep_top < 0:
             raise ValueError("keep_top must be >= 0")
+        if self.params.order not in ("pick", "relevance"):
+            raise ValueError("order must be one of: pick, relevance")
 
     def window(self, k: int) -> int:
         return max(k, self.params.pool)
@@ -75,7 +78,10 @@ class MMR(Reranker):
             sum_sim += sims[best]
         candidates.stage_scores[self.name] = mmr_scores
         rest = np.concatenate([pool[available], ranked[pool.shape[0]:]])
-        return np.concatenate([pool[chosen], rest])
+        picked = np.asarray(chosen, dtype=np.int64)
+        if self.params.order == "relevance":  # same set, so the same diversity; better ranks first
+            picked = np.sort(picked)  # pool positions are already in relevance order
+        return np.concatenate([pool[picked], rest])
 
 
 def _unit_vectors(ctx: RequestContext, items: np.ndarray, similarity: str) -> np.ndarray:

@@ -77,7 +77,10 @@ class IdIndex(Mapping):
     def _row(self, key: Any) -> int:
         if not isinstance(key, str) or self._sorted.shape[0] == 0:
             return -1
-        pos = int(np.searchsorted(self._sorted, key))
+        width = self._sorted.dtype.itemsize // 4  # fixed-width unicode: 4 bytes a character
+        if len(key) > width:  # cannot be stored here; searching would also cast the whole array
+            return -1
+        pos = int(np.searchsorted(self._sorted, np.asarray(key, dtype=self._sorted.dtype)))
         if pos < self._sorted.shape[0] and self._sorted[pos] == key:
             return int(self._order[pos])
         return -1
@@ -106,8 +109,10 @@ class IdIndex(Mapping):
         keys = np.asarray(list(keys), dtype=str)
         if keys.shape[0] == 0 or self._sorted.shape[0] == 0:
             return np.full(keys.shape[0], -1, dtype=np.int64)
+        too_long = np.char.str_len(keys) > self._sorted.dtype.itemsize // 4
+        keys = keys.astype(self._sorted.dtype)  # cast the few keys, never the million ids
         pos = np.minimum(np.searchsorted(self._sorted, keys), self._sorted.shape[0] - 1)
-        found = self._sorted[pos] == keys
+        found = (self._sorted[pos] == keys) & ~too_long  # a truncated long key must not match
         return np.where(found, self._order[pos], -1).astype(np.int64)
 
 

@@ -339,6 +339,12 @@ def test_mmr_mean_redundancy_and_keep_top(model) -> None:
     kept = MMR("mmr", MMR.Params(lambda_weight=0.2, pool=40, redundancy="mean", keep_top=3)).rerank(ctx, cands, ranked)
     assert kept[:3].tolist() == ranked[:3].tolist()
     assert kept[3:10].tolist() != ranked[3:10].tolist()
+    by_relevance = MMR("mmr", MMR.Params(lambda_weight=0.2, pool=40, redundancy="mean",
+                                         order="relevance")).rerank(ctx, cands, ranked)
+    assert set(by_relevance[:10].tolist()) == set(mean[:10].tolist())  # the same picks ...
+    assert by_relevance[:10].tolist() == sorted(mean[:10].tolist(), key=lambda p: -cands.final[p])  # ... best first
+    with pytest.raises(ValueError, match="order must be one of: pick, relevance"):
+        MMR("mmr", MMR.Params(order="score")).validate()
     with pytest.raises(ValueError, match="redundancy must be one of: max, mean"):
         MMR("mmr", MMR.Params(redundancy="sum")).validate()
     with pytest.raises(ValueError, match="keep_top must be >= 0"):

@@ -315,6 +315,8 @@ def test_id_index_behaves_like_a_dict() -> None:
     with pytest.raises(KeyError):
         index["nope"]
     assert index.rows(["a", "nope", "zz-long-id"]).tolist() == [2, -1, 4]
+    # a key longer than the stored width is unknown, whole or truncated, one by one or in bulk
+    assert index.get("zz-long-idX", -1) == -1 and index.rows(["zz-long-idX", "u1"]).tolist() == [-1, 3]
     assert IdIndex(np.array([], dtype=str)).get("x", -1) == -1
 
 
