@@ -113,6 +113,11 @@ class FaissContent(CandidateSource):
     A candidate's score is its best cosine similarity to a seed, scaled by how strong that
     seed is (0.5 to 1.0), or with `aggregate: mean` its strength-weighted mean similarity to
     all seeds (a taste profile); its anchor is the most similar seed, which the explanation names.
+
+    When the bundle stores each item's content neighbours (`training.content.neighbours`),
+    the candidates are the seeds' stored neighbours, found by lookup, and the FAISS index is
+    not searched at request time (`lookup: index` searches it anyway). Either way they are
+    scored against every seed as above.
     """
 
     plugin_name = "faiss_content"
@@ -124,11 +129,14 @@ class FaissContent(CandidateSource):
         recency_half_life_days: float = 30.0  # a seed's strength halves with this age
         context_weight: float = 2.0  # strength of a context item relative to the strongest history item
         aggregate: str = "max"  # max: best seed similarity; mean: strength-weighted mean over seeds
+        lookup: str = "auto"  # auto: the bundle's stored neighbours if it has them, else search; index: search
 
     def validate(self) -> None:
         p = self.params
         if p.aggregate not in ("max", "mean"):
             raise ValueError("aggregate must be one of: max, mean")
+        if p.lookup not in ("auto", "index"):
+            raise ValueError("lookup must be one of: auto, index")
         if p.n < 1 or p.seeds < 0:
             raise ValueError("n must be >= 1 and seeds >= 0")
         if p.recency_half_life_days <= 0:
@@ -166,6 +174,18 @@ class FaissContent(CandidateSource):
         seeds, _, _ = self.seeds(ctx)
         if seeds.shape[0] == 0:
             return None
+        table = ctx.model.content_neighbours if self.params.lookup == "auto" else None
+        if table is not None:
+            found = np.unique(table[seeds]).astype(np.int64)
+            found = found[found >= 0]
+            excluded = ctx.excluded()
+            if excluded.shape[0] and found.shape[0]:
+                found = found[~np.isin(found, excluded, assume_unique=True)]
+            scores, anchors = self._score(ctx, found)
+            if found.shape[0] > self.params.n:  # the stored neighbours of every seed: keep the n best
+                best = np.argpartition(-scores, self.params.n - 1)[: self.params.n]
+                found, scores, anchors = found[best], scores[best], anchors[best]
+            return SourceResult(found, scores, anchors)
         per_seed = -(-self.params.n // seeds.shape[0])
         _, labels = faiss_search(ctx.model.content_index, ctx.model.item_content[seeds], per_seed, ctx.excluded())
         found = np.unique(labels[labels >= 0]).astype(np.int64)

@@ -52,6 +52,8 @@ ARRAYS: dict[str, int] = {
 }
 # Saved by current training; computed at load when an older bundle lacks them.
 OPTIONAL_ARRAYS: dict[str, int] = {"user_order": 1, "item_order": 1}
+# Saved only when the training config asks for them.
+EXTRA_ARRAYS: dict[str, int] = {"content_neighbours": 2}
 INDEXES = ("cf", "content")
 MMAP_MIN_BYTES = 16 << 20  # with mmap=None, arrays from this size up are memory-mapped
 HASH_THREADS = 4
@@ -145,6 +147,8 @@ class Model:
     item_index: IdIndex = field(repr=False)
     popular_order: np.ndarray = field(repr=False)
     item_item: sp.csr_matrix = field(repr=False)
+    # (items x k) nearest content neighbours, -1 padded; None when training did not store them
+    content_neighbours: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def version(self) -> str:
@@ -202,7 +206,7 @@ def save_bundle(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     files: dict[str, dict[str, Any]] = {}
-    for name in [*ARRAYS, *(n for n in OPTIONAL_ARRAYS if n in arrays)]:
+    for name in [*ARRAYS, *(n for n in [*OPTIONAL_ARRAYS, *EXTRA_ARRAYS] if n in arrays)]:
         path = tmp / f"{name}.npy"
         np.save(path, arrays[name], allow_pickle=False)
     for name in INDEXES:
@@ -287,7 +291,7 @@ def load_model(model_dir: str | Path, verify_checksums: bool = True, mmap: bool 
     _verify_files(model_dir, manifest, verify_checksums)
     arrays: dict[str, np.ndarray] = {}
     listed = manifest["files"]
-    wanted = dict(ARRAYS, **{n: d for n, d in OPTIONAL_ARRAYS.items() if f"{n}.npy" in listed})
+    wanted = dict(ARRAYS, **{n: d for n, d in {**OPTIONAL_ARRAYS, **EXTRA_ARRAYS}.items() if f"{n}.npy" in listed})
     for name, ndim in wanted.items():
         mapped = mmap if mmap is not None else int(listed[f"{name}.npy"]["bytes"]) >= MMAP_MIN_BYTES
         try:
@@ -309,6 +313,10 @@ def load_model(model_dir: str | Path, verify_checksums: bool = True, mmap: bool 
     _check_shapes(model_dir, arrays, indexes)
     user_ids, item_ids = arrays["user_ids"], arrays["item_ids"]
     user_order, item_order = arrays.pop("user_order", None), arrays.pop("item_order", None)
+    neighbours = arrays.pop("content_neighbours", None)
+    if neighbours is not None and (neighbours.shape[0] != item_ids.shape[0] or neighbours.dtype.kind not in "iu"
+                                   or (neighbours.size and int(neighbours.max()) >= item_ids.shape[0])):
+        raise BundleError(f"model bundle {model_dir} is corrupt: content_neighbours does not match the other arrays")
     for name, order, ids in (("user_order", user_order, user_ids), ("item_order", item_order, item_ids)):
         if order is not None and (order.shape[0] != ids.shape[0]
                                   or (order.shape[0] and (int(order.min()) < 0 or int(order.max()) >= ids.shape[0]))):
@@ -327,6 +335,7 @@ def load_model(model_dir: str | Path, verify_checksums: bool = True, mmap: bool 
         item_index=item_index,
         # Stable sort: ties keep catalogue order, so popularity results are deterministic.
         popular_order=np.argsort(-popularity, kind="stable").astype(np.int64),
+        content_neighbours=neighbours,
         item_item=sp.csr_matrix(
             (arrays.pop("item_item_data"), arrays.pop("item_item_indices"), arrays.pop("item_item_indptr")),
             shape=(item_ids.shape[0], item_ids.shape[0]),

@@ -85,6 +85,9 @@ class ContentConfig:
     max_features: int = 50000
     index: str = "Flat"
     index_params: dict[str, int] = field(default_factory=dict)
+    # > 0: store each item's nearest content neighbours (searched once, in batch, at training)
+    # so a request looks its seeds' neighbours up instead of searching the index per seed
+    neighbours: int = 0
 
 
 @dataclass
@@ -240,4 +243,7 @@ def load_training_config(path: str | Path | None) -> TrainingConfig:
         raise ConfigError(f"{path}: training.collaborative.components: must be >= 1")
     if config.content.dims < 1:
         raise ConfigError(f"{path}: training.content.dims: must be >= 1")
+    if not isinstance(config.content.neighbours, int) or config.content.neighbours < 0:
+        raise ConfigError(f"{path}: training.content.neighbours: must be an integer >= 0 (0: none stored), "
+                          f"got {config.content.neighbours!r}")
     return config

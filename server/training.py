@@ -214,6 +214,25 @@ def build_index(vectors: np.ndarray, factory: str, what: str, params: dict[str, 
     return indexes.build_index(vectors, factory, what, params, queries, seed)[0]
 
 
+def neighbour_table(index: Any, vectors: np.ndarray, k: int, chunk: int = 1 << 15) -> np.ndarray:
+    """Each row's k nearest other rows by `index` (searched in batches), -1 where fewer exist.
+
+    Searches k + 1 and drops the row itself from its results, or the last result when the
+    row is not among them (an exact duplicate can displace it)."""
+    n = vectors.shape[0]
+    table = np.full((n, k), -1, dtype=np.int32)
+    fetch = min(k + 1, index.ntotal)
+    if fetch < 2:
+        return table
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        _, labels = index.search(np.ascontiguousarray(vectors[start:stop], dtype=np.float32), fetch)
+        drop = labels == np.arange(start, stop)[:, None]
+        drop[~drop.any(axis=1), -1] = True  # exactly one dropped per row
+        table[start:stop, : fetch - 1] = labels[~drop].reshape(stop - start, fetch - 1)
+    return table
+
+
 def user_histories(matrix: sp.csr_matrix, users: np.ndarray, items: np.ndarray,
                    timestamps: np.ndarray, event_codes: np.ndarray, event_weights: np.ndarray) -> dict[str, np.ndarray]:
     """Per user: items, summed weights, last timestamp and strongest event type, as CSR arrays.
@@ -244,7 +263,7 @@ def user_histories(matrix: sp.csr_matrix, users: np.ndarray, items: np.ndarray,
 def train(events_path: str | Path, items_path: str | Path, config: TrainingConfig,
           out_dir: str | Path, config_path: str | Path | None = None) -> dict[str, Any]:
     """Train a bundle into `out_dir`; returns its manifest."""
-    steps = Steps("train", 8)
+    steps = Steps("train", 9 if config.content.neighbours else 8)
     with steps.step(f"reading events {events_path}"):
         events = read_events(events_path, config.events)
     with steps.step(f"reading items {items_path}"):
@@ -273,6 +292,10 @@ def train(events_path: str | Path, items_path: str | Path, config: TrainingConfi
         content_index, content_info = indexes.build_index(content, config.content.index, "content",
                                                           config.content.index_params, content, config.seed)
         faiss_indexes = {"cf": cf_index, "content": content_index}
+    extra: dict[str, np.ndarray] = {}
+    if config.content.neighbours:
+        with steps.step(f"content neighbours ({config.content.neighbours} per item, batch search)"):
+            extra["content_neighbours"] = neighbour_table(content_index, content, config.content.neighbours)
     titles = catalogue.columns.get("title") or []
     titles = titles + [""] * (n_items - len(titles))
     user_id_array = np.asarray(events.user_ids, dtype=str)
@@ -289,6 +312,7 @@ def train(events_path: str | Path, items_path: str | Path, config: TrainingConfi
         "popularity": popularity,
         **histories,
         **item_item,
+        **extra,
     }
     data_fingerprint = {"events_sha256": file_sha256(events_path), "items_sha256": file_sha256(items_path)}
     config_dict = config.to_dict()

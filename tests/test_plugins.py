@@ -428,3 +428,30 @@ def test_item_item_scores_are_the_weighted_sum_of_rows(model) -> None:
     reason = stage.reason(ctx, int(result.items[0]), -1)
     assert reason.startswith("often chosen by people who also chose ")
     assert stage.generate(make_ctx(model, "stranger")) is None
+
+
+def test_faiss_content_looks_up_stored_neighbours(model) -> None:
+    from hybridrec.plugins.candidates import FaissContent
+    from hybridrec.server.training import neighbour_table
+
+    table = neighbour_table(model.content_index, model.item_content, 6)
+    with_table = dataclasses.replace(model, content_neighbours=table)
+    user = heavy_user(model)
+    ctx = make_ctx(with_table, user)
+    ctx._cache["excluded"] = np.sort(ctx.history()[0]).astype(np.int64)  # as the exclude_seen filter pushes
+    stage = FaissContent("content", FaissContent.Params(n=12, seeds=5))
+    result = stage.generate(ctx)
+    seeds = stage.seeds(ctx)[0]
+    reachable = set(table[seeds].ravel().tolist()) - set(ctx.excluded().tolist()) - {-1}
+    assert 0 < len(result.items) <= 12
+    assert set(result.items.tolist()) <= reachable
+    assert stage.score(ctx, result.items) == pytest.approx(result.scores, abs=1e-6)
+    # the kept candidates are the best-scored of all the seeds' neighbours
+    everything = np.array(sorted(reachable), dtype=np.int64)
+    if everything.shape[0] > 12:
+        assert result.scores.min() >= np.sort(stage.score(ctx, everything))[-12] - 1e-6
+    # lookup: index ignores the table and searches
+    searched = FaissContent("content", FaissContent.Params(n=12, seeds=5, lookup="index")).generate(ctx)
+    assert not set(searched.items.tolist()) & set(ctx.excluded().tolist())
+    with pytest.raises(ValueError, match="lookup must be one of: auto, index"):
+        FaissContent("content", FaissContent.Params(lookup="table")).validate()

@@ -279,3 +279,44 @@ def test_session_gram_matches_a_pairwise_sum() -> None:
     assert got[0, 1] - plain[0, 1] > 100 * (got[0, 2] - plain[0, 2])
     with pytest.raises(ValueError, match="one timestamp per stored"):
         item_gram(x, stamps[:2], session_seconds=tau)
+
+
+def test_neighbour_table_is_exact_search_without_the_item_itself() -> None:
+    import faiss
+
+    from hybridrec.server.training import neighbour_table
+
+    rng = np.random.default_rng(5)
+    vectors = rng.normal(size=(300, 8)).astype(np.float32)
+    vectors[7] = vectors[3]  # an exact duplicate may outrank the item itself
+    index = faiss.IndexFlatIP(8)
+    index.add(vectors)
+    table = neighbour_table(index, vectors, 10, chunk=64)  # several batches
+    assert table.shape == (300, 10) and table.dtype == np.int32
+    assert not (table == np.arange(300)[:, None]).any()
+    sims = vectors @ vectors.T
+    for row in (0, 3, 7, 150, 299):  # the same similarities as exact search (ties may swap ids)
+        expected = np.sort(np.delete(sims[row], row))[::-1][:10]
+        assert sims[row, table[row]] == pytest.approx(expected, rel=1e-5)
+    assert 7 in table[3].tolist() and 3 in table[7].tolist()
+    # a catalogue smaller than k + 1 pads with -1
+    small = neighbour_table(index, vectors[:2], 400)
+    assert (small[:, :299] >= 0).all() and (small[:, 299:] == -1).all()
+
+
+def test_content_neighbours_are_stored_when_configured(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    events, items = tiny
+    config = tiny_config()
+    train(events, items, config, tmp_path / "plain")
+    assert load_model(tmp_path / "plain").content_neighbours is None  # off by default
+    config.content.neighbours = 3
+    train(events, items, config, tmp_path / "model")
+    model = load_model(tmp_path / "model")
+    table = model.content_neighbours
+    assert table.shape == (model.num_items, 3)
+    assert not (table == np.arange(model.num_items)[:, None]).any()
+    assert ((table >= -1) & (table < model.num_items)).all()
+    path = tmp_path / "c.yaml"
+    path.write_text("training:\n  content:\n    neighbours: -1\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml: training\.content\.neighbours: must be an integer >= 0"):
+        load_training_config(path)
