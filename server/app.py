@@ -1,6 +1,7 @@
 """Building and running the gRPC server: Recommender, health checking and reflection."""
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import multiprocessing
@@ -105,28 +106,47 @@ def create_server(state: ServingState, address: str = "127.0.0.1:0", max_workers
 
 def serve(model_dir: str | Path, config_path: str | Path, host: str = "127.0.0.1", port: int = 50051,
           max_workers: int = 8, grace: float = 5.0, ready: threading.Event | None = None,
-          faiss_threads: int | None = 1) -> None:
-    """Run until SIGTERM or SIGINT; on either, drain (NOT_SERVING) and stop gracefully."""
+          faiss_threads: int | None = 1, io: str = "threads") -> None:
+    """Run until SIGTERM or SIGINT; on either, drain (NOT_SERVING) and stop gracefully.
+    `io`: "threads" (a handler thread pool) or "asyncio" (handlers inline on an event loop)."""
+    check_io(io)
     set_faiss_threads(faiss_threads)
     state = load_state(model_dir, config_path)
-    running = create_server(state, f"{host}:{port}", max_workers, faiss_threads=faiss_threads)
     model = state.model
-    log.info("serving model %s (%d users, %d items) with pipelines %s (default %s) on %s:%d",
-             model.version, model.num_users, model.num_items, ", ".join(state.config.pipelines),
-             state.config.default_pipeline, host, running.port)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
         log.info("received signal %d: draining and stopping", signum)
         stop.set()
 
+    def announce(bound: int) -> None:
+        log.info("serving model %s (%d users, %d items) with pipelines %s (default %s) on %s:%d",
+                 model.version, model.num_users, model.num_items, ", ".join(state.config.pipelines),
+                 state.config.default_pipeline, host, bound)
+        if ready is not None:
+            ready.set()
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    if ready is not None:
-        ready.set()
-    stop.wait()
-    running.stop(grace)
+    if io == "asyncio":
+        from .aio import serve_async
+
+        asyncio.run(serve_async(state, f"{host}:{port}", SERVICE_NAME, stop, grace,
+                                on_ready=lambda bound, _service: announce(bound)))
+    else:
+        running = create_server(state, f"{host}:{port}", max_workers, faiss_threads=faiss_threads)
+        announce(running.port)
+        stop.wait()
+        running.stop(grace)
     log.info("stopped")
+
+
+IO_CHOICES = ("threads", "asyncio")
+
+
+def check_io(io: str) -> None:
+    if io not in IO_CHOICES:
+        raise HybridrecError(f"io: {io!r} is not one of: {', '.join(IO_CHOICES)}")
 
 
 def set_faiss_threads(threads: int | None) -> None:
@@ -188,14 +208,32 @@ def reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
 
 
 def _worker_main(number: int, reserved: socket.socket, conn: Any, model_dir: Path, config_path: Path,
-                 address: str, max_workers: int, grace: float, faiss_threads: int | None) -> None:
+                 address: str, max_workers: int, grace: float, faiss_threads: int | None,
+                 io: str = "threads") -> None:
     """One serving process (forked by `serve_workers`): load, listen with SO_REUSEPORT, report
     ready (or the error) through `conn`, serve until SIGTERM/SIGINT, then drain and stop."""
     stop = threading.Event()
     parent = os.getppid()
+    reported = False
 
     def on_signal(signum: int, frame: object) -> None:
         stop.set()
+
+    def supervised() -> bool:
+        if os.getppid() != parent:  # the supervisor was killed without forwarding a signal
+            log.error("worker %d (pid %d): supervisor gone", number, os.getpid())
+            return False
+        return True
+
+    def ready(port: int, *_: Any) -> None:
+        nonlocal reported
+        conn.send(("ready", os.getpid(), port))
+        conn.close()
+        reported = True
+        log.info("worker %d (pid %d) serving model %s", number, os.getpid(), state.model.version)
+
+    def stopping() -> None:
+        log.info("worker %d (pid %d) draining and stopping", number, os.getpid())
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
@@ -203,28 +241,32 @@ def _worker_main(number: int, reserved: socket.socket, conn: Any, model_dir: Pat
     try:
         set_faiss_threads(faiss_threads)
         state = load_state(model_dir, config_path, mmap=True)
+        if io == "asyncio":
+            from .aio import serve_async
+
+            asyncio.run(serve_async(state, address, SERVICE_NAME, stop, grace, reuse_port=True,
+                                    on_ready=ready, keep_going=supervised, on_stopping=stopping))
+            return
         running = create_server(state, address, max_workers, reuse_port=True, faiss_threads=faiss_threads)
     except Exception as exc:  # reported by the supervisor, in one line
-        message = str(exc) if isinstance(exc, (HybridrecError, OSError, ValueError)) else f"{type(exc).__name__}: {exc}"
-        if not isinstance(exc, (HybridrecError, OSError, ValueError)):
+        if reported:
+            raise
+        known = isinstance(exc, (HybridrecError, OSError, ValueError))
+        if not known:
             log.exception("worker %d failed to start", number)
-        conn.send(("error", message))
+        conn.send(("error", str(exc) if known else f"{type(exc).__name__}: {exc}"))
         conn.close()
         sys.exit(1)
-    conn.send(("ready", os.getpid(), running.port))
-    conn.close()
-    log.info("worker %d (pid %d) serving model %s", number, os.getpid(), state.model.version)
-    while not stop.wait(1.0):
-        if os.getppid() != parent:  # the supervisor was killed without forwarding a signal
-            log.error("worker %d (pid %d): supervisor gone", number, os.getpid())
-            break
-    log.info("worker %d (pid %d) draining and stopping", number, os.getpid())
+    ready(running.port)
+    while not stop.wait(1.0) and supervised():
+        pass
+    stopping()
     running.stop(grace)
 
 
 def serve_workers(model_dir: str | Path, config_path: str | Path, host: str = "127.0.0.1", port: int = 50051,
                   workers: int = 2, max_workers: int = 8, grace: float = 5.0, faiss_threads: int | None = 1,
-                  start_timeout: float = 600.0, on_ready: Any = None) -> None:
+                  start_timeout: float = 600.0, on_ready: Any = None, io: str = "threads") -> None:
     """Serve with `workers` processes sharing one port (SO_REUSEPORT), under this supervisor.
 
     The supervisor reserves the port (so port 0 works), then forks the workers before it has
@@ -234,6 +276,7 @@ def serve_workers(model_dir: str | Path, config_path: str | Path, host: str = "1
     connections over them. SIGTERM/SIGINT are forwarded to every worker, which reports
     NOT_SERVING and stops gracefully. Raises HybridrecError if a worker fails to start or
     dies while serving (after stopping the others)."""
+    check_io(io)
     workers = resolve_workers(workers)
     reserved, port = reserve_port(host, port)
     address = f"{host}:{port}"
@@ -256,7 +299,7 @@ def serve_workers(model_dir: str | Path, config_path: str | Path, host: str = "1
             reader, writer = ctx.Pipe(duplex=False)
             proc = ctx.Process(target=_worker_main, name=f"hybridrec-worker-{number}", daemon=False,
                                args=(number, reserved, writer, Path(model_dir), Path(config_path), address,
-                                     max_workers, grace, faiss_threads))
+                                     max_workers, grace, faiss_threads, io))
             proc.start()
             writer.close()
             procs.append(proc)

@@ -33,12 +33,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     workers = resolve_workers(args.workers)
     if workers == 1:
         serve(args.model, args.config, host=args.host, port=args.port, max_workers=args.threads,
-              faiss_threads=args.faiss_threads)
+              faiss_threads=args.faiss_threads, io=args.io)
         return 0
     for handler in logging.getLogger().handlers:  # several processes share stderr: name each line's
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [pid %(process)d] %(message)s"))
     serve_workers(args.model, args.config, host=args.host, port=args.port, workers=workers,
-                  max_workers=args.threads, faiss_threads=args.faiss_threads, start_timeout=args.start_timeout)
+                  max_workers=args.threads, faiss_threads=args.faiss_threads, start_timeout=args.start_timeout,
+                  io=args.io)
     return 0
 
 
@@ -230,6 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "forwards SIGTERM/SIGINT; 0 or 'auto': one per CPU (default 1: a single process)")
     p.add_argument("--faiss-threads", type=int, default=1, metavar="N",
                    help="OpenMP threads per FAISS search in each process (default 1; 0: FAISS's default)")
+    p.add_argument("--io", choices=("threads", "asyncio"), default="threads",
+                   help="threads: a pool of --threads handler threads per process; asyncio: handlers run inline "
+                        "on one event loop per process (less CPU per request under load; use with --workers)")
     p.add_argument("--start-timeout", type=float, default=600.0, metavar="SECONDS",
                    help="with --workers: fail if the workers are not all serving by then")
     p.set_defaults(func=_cmd_serve)

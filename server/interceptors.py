@@ -51,19 +51,29 @@ class ErrorInterceptor(grpc.ServerInterceptor):
             start = perf_counter()
             try:
                 return behaviour(request, context)
-            except HybridrecError as exc:
-                context.abort(exc.code, str(exc))
-            except Exception:
-                if context.code() is not None:  # the handler already aborted
-                    raise
-                log.exception("unhandled error in %s", method)
-                context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}; see the server log")
+            except Exception as exc:
+                if not isinstance(exc, HybridrecError) and context.code() is not None:
+                    raise  # the handler already aborted
+                context.abort(*error_status(exc, method))
             finally:
-                elapsed_us = int((perf_counter() - start) * 1e6)
-                context.set_trailing_metadata(((SERVER_TIME_KEY, str(elapsed_us)), (WORKER_PID_KEY, pid)))
+                context.set_trailing_metadata(call_metadata(start, pid))
 
         return grpc.unary_unary_rpc_method_handler(
             wrapped,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+
+
+def error_status(exc: Exception, method: str) -> tuple[grpc.StatusCode, str]:
+    """The status a failed call returns: a HybridrecError's own code and message, or INTERNAL
+    with a generic message (the traceback goes to the server log)."""
+    if isinstance(exc, HybridrecError):
+        return exc.code, str(exc)
+    log.error("unhandled error in %s", method, exc_info=exc)
+    return grpc.StatusCode.INTERNAL, f"internal error in {method}; see the server log"
+
+
+def call_metadata(start: float, pid: str) -> tuple[tuple[str, str], ...]:
+    """Trailing metadata of every call: handler time since `start` (us) and the serving pid."""
+    return ((SERVER_TIME_KEY, str(int((time.perf_counter() - start) * 1e6))), (WORKER_PID_KEY, pid))

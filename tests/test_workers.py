@@ -82,10 +82,11 @@ def call(port: int, request: pb.RecommendRequest) -> tuple[pb.RecommendResponse,
     return response, dict(rpc.trailing_metadata())
 
 
-def test_two_workers_share_the_port_and_stop_on_sigterm(demo_model: Path) -> None:
+@pytest.mark.parametrize("io", ["threads", "asyncio"])
+def test_two_workers_share_the_port_and_stop_on_sigterm(demo_model: Path, io: str) -> None:
     model = load_model(demo_model)
     server = Server("--model", str(demo_model), "--config", str(DEFAULT_CONFIG), "--host", "127.0.0.1",
-                    "--port", "0", "--workers", "2", "--threads", "2")
+                    "--port", "0", "--workers", "2", "--threads", "2", "--io", io)
     pids: set[str] = set()
     try:
         match = server.wait_for(SERVING)
@@ -115,6 +116,13 @@ def test_two_workers_share_the_port_and_stop_on_sigterm(demo_model: Path) -> Non
         assert set(served) == pids, served  # both workers answered
         assert all(len(a) == 1 for a in answers.values())  # and the same way
 
+        # bad input: a status naming the field, with the same trailing metadata
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            with pytest.raises(grpc.RpcError) as failed:
+                pb_grpc.RecommenderStub(channel).Recommend(pb.RecommendRequest(user_id=users[0], k=0), timeout=10)
+        assert failed.value.code() == grpc.StatusCode.INVALID_ARGUMENT and failed.value.details().startswith("k must be")
+        assert dict(failed.value.trailing_metadata())["hybridrec-worker-pid"] in pids
+
         # the Python client with several connections reaches both workers too (4 connections all
         # land on one worker 1 time in 8, hence a few clients)
         reached: set[str] = set()
@@ -143,3 +151,29 @@ def test_workers_failing_to_start_is_a_one_line_error(tmp_path: Path) -> None:
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("hybridrec serve: error: worker ") and "does not exist" in last, result.stderr
+
+
+def test_single_asyncio_process_serves_and_drains(demo_model: Path) -> None:
+    model = load_model(demo_model)
+    server = Server("--model", str(demo_model), "--config", str(DEFAULT_CONFIG), "--host", "127.0.0.1",
+                    "--port", "0", "--io", "asyncio")
+    try:
+        port = int(server.wait_for(re.compile(r"serving model .* on 127\.0\.0\.1:(\d+)")).group(1))
+        user = str(model.user_ids[0])
+        response, metadata = call(port, pb.RecommendRequest(user_id=user, k=4, explain=True))
+        assert len(response.items) == 4 and all(item.explanation.reason for item in response.items)
+        assert metadata["hybridrec-worker-pid"] == str(server.proc.pid)
+        with RecommenderClient(f"127.0.0.1:{port}", timeout=10) as client:
+            assert len(client.similar_items(response.items[0].item_id, k=3)) == 3
+            assert client.model_info().model_version == model.version
+            assert client.health() == "SERVING"
+            with pytest.raises(grpc.RpcError) as failed:
+                client.recommend(user, k=3, pipeline="nope")
+        assert failed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert failed.value.details().startswith("pipeline: unknown pipeline 'nope'")
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(30) == 0, server.stderr[-3000:]
+        server.reader.join(5)
+        assert "draining and stopping" in server.stderr and "stopped" in server.stderr
+    finally:
+        server.kill()
