@@ -7,7 +7,7 @@ import faiss
 import numpy as np
 
 from hybridrec.server.hookspecs import hookimpl
-from hybridrec.server.stages import CandidateSource, RequestContext, SourceResult
+from hybridrec.server.stages import CandidateSource, RequestContext, SourceResult, in_sorted
 
 EVENT_VERBS = {
     "booking": "booked",
@@ -180,7 +180,7 @@ class FaissContent(CandidateSource):
             found = found[found >= 0]
             excluded = ctx.excluded()
             if excluded.shape[0] and found.shape[0]:
-                found = found[~np.isin(found, excluded, assume_unique=True)]
+                found = found[~in_sorted(found, excluded)]
             scores, anchors = self._score(ctx, found)
             if found.shape[0] > self.params.n:  # the stored neighbours of every seed: keep the n best
                 best = np.argpartition(-scores, self.params.n - 1)[: self.params.n]
@@ -302,7 +302,7 @@ class Popularity(CandidateSource):
         excluded = ctx.excluded()
         top = ctx.model.popular_order[: self.params.n + excluded.shape[0]]
         if excluded.shape[0]:
-            top = top[~np.isin(top, excluded)][: self.params.n]
+            top = top[~in_sorted(top, excluded)][: self.params.n]
         return SourceResult(top, ctx.model.popularity[top].astype(np.float32))
 
     def score(self, ctx: RequestContext, items: np.ndarray) -> np.ndarray:

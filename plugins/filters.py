@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hybridrec.server.hookspecs import hookimpl
-from hybridrec.server.stages import Candidates, Filter, RequestContext
+from hybridrec.server.stages import Candidates, Filter, RequestContext, in_sorted
 
 
 class ExcludeSeen(Filter):
@@ -25,7 +25,7 @@ class ExcludeSeen(Filter):
         return seen
 
     def keep(self, ctx: RequestContext, candidates: Candidates) -> np.ndarray:
-        return ~np.isin(candidates.items, self.excluded(ctx))
+        return ~in_sorted(candidates.items, np.sort(self.excluded(ctx)))
 
 
 class ExcludeRequested(Filter):
@@ -41,7 +41,7 @@ class ExcludeRequested(Filter):
         return ctx.exclude_items
 
     def keep(self, ctx: RequestContext, candidates: Candidates) -> np.ndarray:
-        return ~np.isin(candidates.items, ctx.exclude_items)
+        return ~in_sorted(candidates.items, np.sort(ctx.exclude_items))
 
 
 @hookimpl

@@ -57,25 +57,28 @@ class MMR(Reranker):
         emb = _unit_vectors(ctx, candidates.items[pool], self.params.similarity)
         sims = emb @ emb.T
         lam = self.params.lambda_weight
+        mean = self.params.redundancy == "mean"
         chosen: list[int] = []
         mmr_scores = np.full(len(candidates), np.nan, dtype=np.float32)
-        max_sim = np.full(pool.shape[0], -np.inf)
-        sum_sim = np.zeros(pool.shape[0])
-        available = np.ones(pool.shape[0], dtype=bool)
+        blocked = np.zeros(pool.shape[0])  # -inf once picked
+        redundancy = np.zeros(pool.shape[0])  # sum (mean) or max of similarities to the picks
+        scaled = lam * relevance
         for step in range(min(ctx.k, pool.shape[0])):
-            if self.params.redundancy == "mean":
-                penalty = sum_sim / step if step else sum_sim
+            if step < self.params.keep_top:  # relevance alone
+                value = relevance + blocked
+            elif step == 0:  # nothing picked yet to be redundant with
+                value = scaled + blocked
             else:
-                penalty = np.where(np.isfinite(max_sim), max_sim, 0.0)
-            weight = 1.0 if step < self.params.keep_top else lam
-            value = weight * relevance - (1.0 - weight) * penalty
-            value[~available] = -np.inf
-            best = int(np.argmax(value))
+                value = scaled - (1.0 - lam) * (redundancy / step if mean else redundancy) + blocked
+            best = int(value.argmax())
             chosen.append(best)
-            available[best] = False
             mmr_scores[pool[best]] = value[best]
-            max_sim = np.maximum(max_sim, sims[best])
-            sum_sim += sims[best]
+            blocked[best] = -np.inf
+            if mean or step == 0:
+                redundancy += sims[best]
+            else:
+                np.maximum(redundancy, sims[best], out=redundancy)
+        available = np.isfinite(blocked)
         candidates.stage_scores[self.name] = mmr_scores
         rest = np.concatenate([pool[available], ranked[pool.shape[0]:]])
         picked = np.asarray(chosen, dtype=np.int64)

@@ -64,6 +64,16 @@ class SourceResult:
     anchors: np.ndarray | None = None  # int64 item that led to each candidate, -1 for none
 
 
+def in_sorted(items: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Which of `items` occur in `values`, an ascending array: `np.isin` by binary search,
+    without its set-up cost (tens of microseconds on the few hundred items of a request)."""
+    if values.shape[0] == 0 or items.shape[0] == 0:
+        return np.zeros(items.shape[0], dtype=bool)
+    pos = np.searchsorted(values, items)
+    np.minimum(pos, values.shape[0] - 1, out=pos)
+    return values[pos] == items
+
+
 @dataclass
 class Candidates:
     """The candidate set of one request, as aligned columns."""
