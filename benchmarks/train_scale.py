@@ -109,6 +109,25 @@ RECALL_SCRIPT = textwrap.dedent("""
             "latency_ms_max": round(float(times.max()), 3),
             "latency_ms_mean": round(float(times.mean()), 3),
         }
+    table = model.content_neighbours
+    if table is not None:  # the stored neighbour lists against exact search, the item itself left out
+        rows = np.sort(rng.choice(table.shape[0], size=min(n_queries, table.shape[0]), replace=False))
+        data = np.ascontiguousarray(model.item_content, dtype=np.float32)
+        rows = rows[np.any(data[rows] != 0, axis=1)]
+        width = table.shape[1]
+        exact = faiss.IndexFlatIP(data.shape[1])
+        exact.add(data)
+        faiss.omp_set_num_threads(2)
+        t_scores, t_labels = exact.search(data[rows], width + 1)
+        own = t_labels == rows[:, None]
+        own[~own.any(axis=1), -1] = True
+        truth = (t_scores[~own].reshape(len(rows), width), t_labels[~own].reshape(len(rows), width))
+        labels = table[rows].astype(np.int64)
+        scores = np.einsum("qkd,qd->qk", data[np.maximum(labels, 0)], data[rows])
+        found = (np.where(labels >= 0, scores, -np.inf), labels)
+        out["content_neighbours"] = {"per_item": int(width), "items": int(len(rows)),
+                                     f"recall@{width}": round(recall_of(truth, found, ties=True), 4),
+                                     f"recall@{width}_ids": round(recall_of(truth, found, ties=False), 4)}
     print(json.dumps(out))
 """)
 
