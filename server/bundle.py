@@ -315,7 +315,8 @@ def load_model(model_dir: str | Path, verify_checksums: bool = True, mmap: bool 
     user_order, item_order = arrays.pop("user_order", None), arrays.pop("item_order", None)
     neighbours = arrays.pop("content_neighbours", None)
     if neighbours is not None and (neighbours.shape[0] != item_ids.shape[0] or neighbours.dtype.kind not in "iu"
-                                   or (neighbours.size and int(neighbours.max()) >= item_ids.shape[0])):
+                                   or (neighbours.size and (int(neighbours.max()) >= item_ids.shape[0]
+                                                            or int(neighbours.min()) < -1))):
         raise BundleError(f"model bundle {model_dir} is corrupt: content_neighbours does not match the other arrays")
     for name, order, ids in (("user_order", user_order, user_ids), ("item_order", item_order, item_ids)):
         if order is not None and (order.shape[0] != ids.shape[0]

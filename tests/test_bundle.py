@@ -88,3 +88,29 @@ def test_bundle_holds_no_pickles(demo_model: Path) -> None:
 
     for path in demo_model.glob("*.npy"):
         np.load(path, allow_pickle=False)  # raises if an object array was saved
+
+
+def test_stored_neighbours_out_of_range_are_refused(bundle_copy: Path) -> None:
+    import hashlib
+
+    import numpy as np
+
+    model = load_model(bundle_copy)
+    manifest = json.loads((bundle_copy / "manifest.json").read_text())
+    path = bundle_copy / "content_neighbours.npy"
+
+    def store(value: int) -> None:  # a table with one entry set to `value`, listed in the manifest
+        table = np.zeros((model.num_items, 4), dtype=np.int32)
+        table[3, 1] = value
+        np.save(path, table)
+        manifest["files"][path.name] = {"bytes": path.stat().st_size,
+                                        "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+        (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
+
+    for bad in (model.num_items, -2):
+        store(bad)
+        with pytest.raises(BundleError) as exc:
+            load_model(bundle_copy)
+        assert _one_line(exc).endswith("content_neighbours does not match the other arrays")
+    store(-1)  # -1 pads rows with fewer neighbours
+    assert load_model(bundle_copy).content_neighbours.shape == (model.num_items, 4)
