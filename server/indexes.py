@@ -53,7 +53,7 @@ SEARCH_PARAMS = ("nprobe", "efSearch", "max_codes")
 # balanced lists the cap is never reached, so recall is unchanged there.
 MAX_CODES_FACTOR = 8
 BUILD_PARAMS = ("efConstruction",)
-LADDERS = {"nprobe": (4, 8, 16, 32, 64, 128, 256, 512), "efSearch": (32, 64, 128, 256, 512, 1024)}
+LADDERS = {"nprobe": (4, 8, 16, 32, 64, 96, 128, 192, 256, 384, 512), "efSearch": (32, 64, 128, 256, 512, 1024)}
 
 
 def resolve_factory(factory: str, n: int) -> str:
