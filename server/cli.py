@@ -221,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="YAML config (server: and pipelines:)")
         p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for all)")
         p.add_argument("--port", type=int, default=50051)
-        p.add_argument("--threads", type=_positive, default=8, help="request handler threads")
+        p.add_argument("--threads", type=_positive, default=8, help="request handler threads per process (with --io threads)")
 
     p = sub.add_parser("serve", help="serve a model bundle over gRPC")
     p.add_argument("--model", required=True, type=Path)
