@@ -52,36 +52,46 @@ class MMR(Reranker):
         if pool.shape[0] <= 1:
             return ranked
         relevance = candidates.final[pool].astype(np.float64)
-        span = relevance.max() - relevance.min()
-        relevance = (relevance - relevance.min()) / span if span > 0 else np.ones_like(relevance)
+        low = relevance.min()
+        span = relevance.max() - low
+        relevance = (relevance - low) / span if span > 0 else np.ones_like(relevance)
         emb = _unit_vectors(ctx, candidates.items[pool], self.params.similarity)
         sims = emb @ emb.T
         lam = self.params.lambda_weight
         mean = self.params.redundancy == "mean"
+        keep_top = self.params.keep_top
         chosen: list[int] = []
-        mmr_scores = np.full(len(candidates), np.nan, dtype=np.float32)
-        blocked = np.zeros(pool.shape[0])  # -inf once picked
-        redundancy = np.zeros(pool.shape[0])  # sum (mean) or max of similarities to the picks
+        picked_values: list[float] = []
+        # picked items are set to -inf in both arrays, so argmax never returns them again
+        open_relevance = relevance.copy()  # for the keep_top picks
         scaled = lam * relevance
+        redundancy = np.zeros(pool.shape[0])  # sum (mean) or max of similarities to the picks
+        value = np.empty(pool.shape[0])
         for step in range(min(ctx.k, pool.shape[0])):
-            if step < self.params.keep_top:  # relevance alone
-                value = relevance + blocked
-            elif step == 0:  # nothing picked yet to be redundant with
-                value = scaled + blocked
-            else:
-                value = scaled - (1.0 - lam) * (redundancy / step if mean else redundancy) + blocked
-            best = int(value.argmax())
+            if step < keep_top:  # relevance alone
+                best = int(open_relevance.argmax())
+                best_value = open_relevance[best]
+            else:  # step 0 has nothing picked yet to be redundant with
+                np.multiply(redundancy, (1.0 - lam) / step if mean and step else 1.0 - lam, out=value)
+                np.subtract(scaled, value, out=value)
+                best = int(value.argmax())
+                best_value = value[best]
             chosen.append(best)
-            mmr_scores[pool[best]] = value[best]
-            blocked[best] = -np.inf
+            picked_values.append(float(best_value))
+            open_relevance[best] = -np.inf
+            scaled[best] = -np.inf
             if mean or step == 0:
                 redundancy += sims[best]
             else:
                 np.maximum(redundancy, sims[best], out=redundancy)
+        picked = np.asarray(chosen, dtype=np.int64)
+        mmr_scores = np.full(len(candidates), np.nan, dtype=np.float32)
+        mmr_scores[pool[picked]] = picked_values
+        blocked = np.zeros(pool.shape[0])
+        blocked[picked] = -np.inf
         available = np.isfinite(blocked)
         candidates.stage_scores[self.name] = mmr_scores
         rest = np.concatenate([pool[available], ranked[pool.shape[0]:]])
-        picked = np.asarray(chosen, dtype=np.int64)
         if self.params.order == "relevance":  # same set, so the same diversity; better ranks first
             picked = np.sort(picked)  # pool positions are already in relevance order
         return np.concatenate([pool[picked], rest])
@@ -91,8 +101,9 @@ def _unit_vectors(ctx: RequestContext, items: np.ndarray, similarity: str) -> np
     """Rows of the content embeddings (or SVD item factors) scaled to unit length."""
     vectors = ctx.model.item_content if similarity == "content" else ctx.model.item_factors
     emb = vectors[items].astype(np.float64)
-    norms = np.linalg.norm(emb, axis=1, keepdims=True)
-    return emb / np.where(norms > 0, norms, 1.0)
+    norms = np.sqrt(np.einsum("ij,ij->i", emb, emb))[:, None]
+    norms[norms == 0] = 1.0
+    return emb / norms
 
 
 @hookimpl

@@ -11,7 +11,8 @@ import numpy as np
 from .config import build_dataclass, load_yaml
 from .errors import ConfigError
 from .plugin_manager import Plugins
-from .stages import Candidates, CandidateSource, Filter, RequestContext, Reranker, Scorer, SourceResult, Stage
+from .stages import (Candidates, CandidateSource, Filter, RequestContext, Reranker, Scorer, SourceResult, Stage,
+                     sorted_unique)
 
 log = logging.getLogger("hybridrec")
 
@@ -48,7 +49,7 @@ class Pipeline:
         available: list[CandidateSource] = []
         pushed = [e for e in (f.excluded(ctx) for f in self.filters) if e is not None and e.shape[0]]
         if pushed:
-            ctx._cache["excluded"] = np.unique(np.concatenate(pushed).astype(np.int64))
+            ctx._cache["excluded"] = sorted_unique(np.concatenate(pushed).astype(np.int64, copy=False))
         for source in self.sources:
             try:
                 result = source.generate(ctx)

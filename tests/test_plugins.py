@@ -384,29 +384,33 @@ def test_a_failing_source_degrades_instead_of_failing(model) -> None:
 
 
 @pytest.mark.parametrize("factory", ["Flat", "HNSW16", "IVF8,Flat", "Flat,RFlat"])
-def test_faiss_search_skips_excluded_items(factory: str) -> None:
-    from hybridrec.plugins.candidates import faiss_search
+@pytest.mark.parametrize("step", [8, 2])  # 250 exclusions: over-fetched; 1000: an ID selector
+def test_faiss_search_skips_excluded_items(factory: str, step: int) -> None:
+    from hybridrec.plugins.candidates import OVERFETCH_MAX_EXCLUDED, faiss_search
 
     rng = np.random.default_rng(1)
-    vectors = rng.normal(size=(500, 16)).astype(np.float32)
+    vectors = rng.normal(size=(2000, 16)).astype(np.float32)
     index = faiss.index_factory(16, factory, faiss.METRIC_INNER_PRODUCT)
     index.train(vectors)
     index.add(vectors)
     if hasattr(index, "nprobe"):
         index.nprobe = 8
-    excluded = np.arange(0, 500, 2, dtype=np.int64)  # every even item
-    _, labels = faiss_search(index, vectors[:3], 10, excluded)
+    excluded = np.arange(0, 2000, step, dtype=np.int64)
+    assert (excluded.shape[0] > OVERFETCH_MAX_EXCLUDED) == (step == 2)
+    _, labels = faiss_search(index, vectors[:3], 10, excluded[::-1].copy())  # any order
+    assert labels.shape == (3, 10)
     found = labels[labels >= 0]
-    if factory == "Flat,RFlat":  # no selector support: over-fetched, the filter drops the rest
-        assert labels.shape[1] == 10 + 250
-    else:
-        assert labels.shape[1] == 10
-        assert not np.isin(found, excluded).any()
-    exact = vectors @ vectors[0]
-    exact[excluded] = -np.inf
-    best = set(np.argsort(-exact)[:10].tolist())
-    recall = len(best & set(labels[0].tolist())) / 10
-    assert recall >= 0.8, f"{factory} recall {recall}"
+    assert found.shape[0] == 30 and not np.isin(found, excluded).any()
+    for row in range(3):
+        exact = vectors @ vectors[row]
+        exact[excluded] = -np.inf
+        best = np.argsort(-exact)[:10]
+        recall = len(set(best.tolist()) & set(labels[row].tolist())) / 10
+        assert recall >= 0.8, f"{factory} recall {recall}"
+        if factory == "Flat":  # exact search: the same items in the same order
+            assert labels[row].tolist() == best.tolist()
+    _, one = faiss_search(index, vectors[0], 10, excluded)  # one query (the CF source's case)
+    assert one.tolist() == labels[:1].tolist()
 
 
 def test_item_item_scores_are_the_weighted_sum_of_rows(model) -> None:
