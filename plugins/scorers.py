@@ -13,14 +13,18 @@ NORMALISERS = ("minmax", "zscore", "rank", "none")
 
 def normalise(column: np.ndarray, how: str) -> np.ndarray:
     """Scale one source's scores over the request's candidates; unscored (NaN) items get 0."""
-    out = np.zeros(column.shape[0], dtype=np.float32)
     valid = ~np.isnan(column)
-    if not valid.any():
-        return out
-    values = column[valid].astype(np.float64)
+    if valid.all():  # the usual case once missing scores are filled: no mask to apply
+        values = column.astype(np.float64)
+        valid = None
+    elif not valid.any():
+        return np.zeros(column.shape[0], dtype=np.float32)
+    else:
+        values = column[valid].astype(np.float64)
     if how == "minmax":
-        span = values.max() - values.min()
-        scaled = (values - values.min()) / span if span > 0 else np.ones_like(values)
+        low = values.min()
+        span = values.max() - low
+        scaled = (values - low) / span if span > 0 else np.ones_like(values)
     elif how == "zscore":
         std = values.std()
         # shifted so unscored items (0) rank below every scored one
@@ -31,6 +35,9 @@ def normalise(column: np.ndarray, how: str) -> np.ndarray:
         scaled = (order + 1) / values.shape[0]
     else:
         scaled = values
+    if valid is None:
+        return scaled.astype(np.float32)
+    out = np.zeros(column.shape[0], dtype=np.float32)
     out[valid] = scaled
     return out
 

@@ -63,7 +63,9 @@ class Pipeline:
             results[source.name] = result
         candidates = Candidates.merge(results)
         for f in self.filters:
-            candidates = candidates.select(np.asarray(f.keep(ctx, candidates), dtype=bool))
+            keep = np.asarray(f.keep(ctx, candidates), dtype=bool)
+            if not keep.all():  # sources usually skipped these already (ctx.excluded())
+                candidates = candidates.select(keep)
         if self.fill_missing_scores and len(candidates):
             self._fill(ctx, candidates, available, degraded)
         try:

@@ -33,6 +33,8 @@ class ServingState:
 
 def item_indices(model: Model, ids: list[str], field: str) -> np.ndarray:
     """Indices of the known ids (unknown ones are ignored: they cannot be recommended anyway)."""
+    if not ids:
+        return np.zeros(0, dtype=np.int64)
     if len(ids) > MAX_ID_LIST:
         raise InvalidArgument(f"{field}: at most {MAX_ID_LIST} ids, got {len(ids)}")
     index = model.item_index
