@@ -11,7 +11,13 @@ seed 42), takes each user's top `--pool` items of the `hybrid` pipeline with the
   first) + B x ILD, by swapping one item at a time from the top 10 until no swap helps (the list
   is the set in relevance order, which is best for NDCG and does not change ILD);
 - `mmr by history`: greedy MMR whose lambda grows with the user's history length (users with few
-  ratings diversified more: on this split their lists gain the most ILD per NDCG lost).
+  ratings diversified more: on this split their lists gain the most ILD per NDCG lost);
+- `mmr pool=P`: the same greedy MMR over deeper pools (`--deep-pools 100 200`): do more relevant
+  diverse items exist further down?
+- `dpp alpha=A`: greedy MAP inference of a determinantal point process with kernel
+  L = diag(q) S diag(q), q = exp(A x relevance), S the content cosine similarities (the
+  incremental-Cholesky greedy of Chen, Zhang and Zhou, NeurIPS 2018), the first `keep_top`
+  picks by relevance as in the served MMR.
 
 Relevance is the final score min-max scaled over the pool, as in the MMR stage.
 
@@ -51,6 +57,27 @@ def greedy_mmr(relevance: np.ndarray, sims: np.ndarray, lam: float, keep_top: in
     return np.asarray(picked)
 
 
+def dpp_greedy(relevance: np.ndarray, sims: np.ndarray, alpha: float, keep_top: int, k: int) -> np.ndarray:
+    """Pool positions picked by greedy DPP MAP: each step adds the item with the largest gain in
+    log det(L_S), tracked by an incremental Cholesky factor (one row per pick)."""
+    n = relevance.shape[0]
+    quality = np.exp(alpha * relevance)
+    kernel = quality[:, None] * (sims + 1e-6 * np.eye(n)) * quality[None, :]
+    factors = np.zeros((k, n))
+    gains = np.diag(kernel).copy()  # squared residual norm of each item given the picks
+    open_ = np.ones(n, dtype=bool)
+    picked: list[int] = []
+    for step in range(min(k, n)):
+        value = relevance if step < keep_top else gains
+        best = int(np.where(open_, value, -np.inf).argmax())
+        picked.append(best)
+        open_[best] = False
+        row = (kernel[best] - factors[:step].T @ factors[:step, best]) / np.sqrt(max(gains[best], 1e-300))
+        factors[step] = row
+        gains = np.maximum(gains - row ** 2, 0.0)
+    return np.asarray(picked)
+
+
 def set_search(relevance: np.ndarray, sims: np.ndarray, beta: float, k: int, discount: np.ndarray) -> np.ndarray:
     """Local search over k-subsets of the pool for sum(discount x sorted relevance) + beta x ILD."""
     pool = relevance.shape[0]
@@ -83,6 +110,8 @@ def main() -> int:
     parser.add_argument("--pool", type=int, default=50)
     parser.add_argument("--lambdas", type=float, nargs="*", default=[0.5, 0.3, 0.2])
     parser.add_argument("--betas", type=float, nargs="*", default=[3.0, 5.0, 8.0])
+    parser.add_argument("--deep-pools", type=int, nargs="*", default=[100, 200], help="MMR over deeper pools")
+    parser.add_argument("--alphas", type=float, nargs="*", default=[1.0, 2.0], help="DPP quality sharpness")
     args = parser.parse_args()
 
     from hybridrec.server import evaluation as ev
@@ -105,16 +134,19 @@ def main() -> int:
             stage = ev.mmr_stage(service.state.config.pipelines["hybrid_mmr"])
             keep_top = stage.params.keep_top
             pools, scores = [], []
+            depth = max([args.pool, *args.deep_pools])
+            service.state.config.max_k = max(service.state.config.max_k, depth)  # offline: deeper than served
             for user in users:
-                result, _, _ = service.recommend(pb.RecommendRequest(user_id=user, k=args.pool, pipeline="hybrid"))
+                result, _, _ = service.recommend(pb.RecommendRequest(user_id=user, k=depth, pipeline="hybrid"))
                 pools.append(result.candidates.items[result.ranked])
                 scores.append(result.candidates.final[result.ranked].astype(np.float64))
             history = np.diff(model.history_indptr)[[model.user_index[u] for u in users]]
             unit = unit_rows(model.item_content)
 
-    def lists(pick) -> np.ndarray:
+    def lists(pick, pool: int = args.pool) -> np.ndarray:
         out = np.full((len(users), k), -1, dtype=np.int64)
         for row, (items, score) in enumerate(zip(pools, scores)):
+            items, score = items[:pool], score[:pool]
             span = score.max() - score.min()
             relevance = (score - score.min()) / span if span > 0 else np.ones_like(score)
             vectors = unit[items]
@@ -137,6 +169,12 @@ def main() -> int:
     by_history = 0.1 + 0.4 * np.clip(np.log(np.maximum(history, 1) / 20) / np.log(8), 0, 1)
     rows.append(("mmr by history (lambda 0.1 -> 0.5)",
                  measure(lists(lambda row, rel, sims: greedy_mmr(rel, sims, float(by_history[row]), keep_top, k)))))
+    for pool in args.deep_pools:
+        for lam in args.lambdas:
+            rows.append((f"mmr lambda={lam} pool={pool}",
+                         measure(lists(lambda row, rel, sims: greedy_mmr(rel, sims, lam, keep_top, k), pool))))
+    for alpha in args.alphas:
+        rows.append((f"dpp alpha={alpha}", measure(lists(lambda row, rel, sims: dpp_greedy(rel, sims, alpha, keep_top, k)))))
     base_ndcg, base_ild = rows[0][1]
     print(f"{'re-ranking':<52} {'ndcg@10':>8} {'change':>8} {'ild@10':>7} {'change':>8}")
     for name, (ndcg, ild) in rows:
