@@ -99,8 +99,9 @@ class MMR(Reranker):
 
 def _unit_vectors(ctx: RequestContext, items: np.ndarray, similarity: str) -> np.ndarray:
     """Rows of the content embeddings (or SVD item factors) scaled to unit length."""
-    vectors = ctx.model.item_content if similarity == "content" else ctx.model.item_factors
-    emb = vectors[items].astype(np.float64)
+    if similarity == "content":  # stored unit length (or zero: no content) by training
+        return ctx.model.item_content[items].astype(np.float64)
+    emb = ctx.model.item_factors[items].astype(np.float64)
     norms = np.sqrt(np.einsum("ij,ij->i", emb, emb))[:, None]
     norms[norms == 0] = 1.0
     return emb / norms
