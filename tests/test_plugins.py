@@ -316,6 +316,13 @@ def test_mmr_diversifies_and_lambda_one_keeps_order(model) -> None:
     assert sorted(diverse.tolist()) == sorted(ranked.tolist())
 
 
+def test_content_vectors_are_stored_unit_length_or_zero(model) -> None:
+    # MMR's content similarity takes the stored vectors as they are: cosine needs unit rows
+    norms = np.linalg.norm(model.item_content, axis=1)
+    assert ((np.abs(norms - 1.0) < 1e-4) | (norms == 0)).all()
+    assert (norms > 0).sum() > 0.5 * norms.shape[0]
+
+
 def test_mmr_mean_redundancy_and_keep_top(model) -> None:
     from hybridrec.plugins.rerankers import MMR
 
