@@ -116,8 +116,11 @@ class FaissCF(CandidateSource):
         if vector is None:
             return None
         scores, labels = faiss_search(ctx.model.cf_index, vector, self.params.n, ctx.excluded())
-        keep = labels[0] >= 0
-        return SourceResult(labels[0][keep].astype(np.int64), scores[0][keep])
+        found, found_scores = labels[0], scores[0]
+        if found.shape[0] and found.min() < 0:  # -1 pads a catalogue smaller than n
+            keep = found >= 0
+            found, found_scores = found[keep], found_scores[keep]
+        return SourceResult(found.astype(np.int64, copy=False), found_scores)
 
     def score(self, ctx: RequestContext, items: np.ndarray) -> np.ndarray | None:
         vector = user_cf_vector(ctx, self.params.context_weight)
@@ -176,9 +179,8 @@ class FaissContent(CandidateSource):
         def compute() -> tuple[np.ndarray, ...]:
             items, weights, stamps, _ = ctx.history()
             p = self.params
-            if items.shape[0]:
-                age_days = (stamps.max() - stamps) / 86400.0
-                strength = weights * np.exp2(-age_days / p.recency_half_life_days)
+            if items.shape[0]:  # strength halves every half-life before the user's latest event
+                strength = weights * np.exp2((stamps - stamps.max()) * (1.0 / (86400.0 * p.recency_half_life_days)))
                 top = np.argsort(-strength, kind="stable")[: p.seeds]
                 seed_items, seed_strength = items[top].astype(np.int64), strength[top].astype(np.float32)
             else:
@@ -200,8 +202,9 @@ class FaissContent(CandidateSource):
             if seed_strength.shape[0]:
                 seed_strength = seed_strength / max(float(seed_strength.max()), 1e-12)
             factor = 0.5 + 0.5 * seed_strength
-            mean_weights = seed_strength / max(float(seed_strength.sum()), 1e-12)
-            return seed_items, seed_strength, from_context, np.ascontiguousarray(vectors.T), factor, mean_weights
+            mean_weights = (seed_strength / max(float(seed_strength.sum()), 1e-12)
+                            if p.aggregate == "mean" else None)
+            return seed_items, seed_strength, from_context, vectors.T, factor, mean_weights
 
         return ctx.cached(f"content_seeds:{self.name}", compute)
 
