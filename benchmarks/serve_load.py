@@ -222,11 +222,13 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
 
 
-def machine_busy_seconds() -> tuple[float, float]:
-    """(busy, total) CPU seconds since boot, over all cores."""
+def machine_busy_seconds() -> tuple[float, float, float]:
+    """(busy, total, steal) CPU seconds since boot, over all cores. Steal is time the
+    hypervisor gave this VM's CPUs to others while they had work: a sign of a busy host."""
     values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
     idle = values[3] + values[4]
-    return (sum(values) - idle) / CLK_TCK, sum(values) / CLK_TCK
+    steal = values[7] if len(values) > 7 else 0
+    return (sum(values) - idle - steal) / CLK_TCK, sum(values) / CLK_TCK, steal / CLK_TCK
 
 
 def memory_kb(pid: int) -> dict[str, int]:
@@ -333,7 +335,8 @@ class LoadGenerators:
             "served_by_pid": dict(served),
             "cpu_cores": {"server": round((s1 - s0) / window, 2), "load_generator": round(client_cpu, 2),
                           "machine": round((m1[0] - m0[0]) / window, 2),
-                          "machine_total": round((m1[1] - m0[1]) / window, 2)},
+                          "machine_total": round((m1[1] - m0[1]) / window, 2),
+                          "steal": round((m1[2] - m0[2]) / window, 3)},
             "server_cpu_ms_per_request": round((s1 - s0) / window * 1000.0 / max(len(lat_all) / duration, 1e-9), 3),
             "loadavg": loadavg(),
         }
@@ -357,11 +360,11 @@ def fmt_row(label: str, workers: int, r: dict) -> list[str]:
     return [label, str(workers), level, f"{r['throughput_rps']:.0f}", f"{lat['p50']:.2f}", f"{lat['p95']:.2f}",
             f"{lat['p99']:.2f}", f"{lat['max']:.1f}", str(r["errors"]), f"{srv['p50']:.2f}", f"{srv['p99']:.2f}",
             spread, f"{cpu['server']:.2f}", f"{r['server_cpu_ms_per_request']:.2f}", f"{cpu['load_generator']:.2f}",
-            f"{cpu['machine']:.2f}"]
+            f"{cpu['machine']:.2f}", f"{cpu.get('steal', 0.0):.2f}"]
 
 
 HEADER = ["model", "workers", "load", "req/s", "p50", "p95", "p99", "max", "errors", "srv p50", "srv p99",
-          "per pid", "cpu srv", "ms/req", "cpu gen", "cpu all"]
+          "per pid", "cpu srv", "ms/req", "cpu gen", "cpu all", "steal"]
 
 
 def table(rows: list[list[str]]) -> str:
@@ -476,7 +479,7 @@ def main() -> int:
     print("latency ms (client round trip; open loop: from the scheduled send time); srv = handler time in the "
           "server; per pid = requests each server process answered; cpu = cores used by the server processes "
           f"(ms/req: server CPU per request), the load generator, and the whole machine (of {os.cpu_count()}; "
-          "beyond the first two, other work)")
+          "beyond the first two, other work); steal = cores the hypervisor gave to other VMs while this one had work")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.json}")
