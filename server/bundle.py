@@ -281,8 +281,10 @@ def _verify_files(model_dir: Path, manifest: dict[str, Any], checksums: bool) ->
 def load_model(model_dir: str | Path, verify_checksums: bool = True, mmap: bool | None = None) -> Model:
     """Load and validate a bundle. Raises BundleError with one line on any problem.
 
-    `mmap`: True maps every array read-only, False reads every array into memory, None (the
-    default) maps the arrays of MMAP_MIN_BYTES and more.
+    `mmap`: True maps every array and FAISS index read-only, False reads them all into memory,
+    None (the default) maps those of MMAP_MIN_BYTES and more. A mapped index keeps its vectors
+    in the page cache (FAISS's IO_FLAG_MMAP_IFC), so worker processes serving one bundle share
+    them instead of each holding a private copy; searches read the same bytes either way.
     """
     from .indexes import apply_search_params
 
@@ -304,7 +306,9 @@ def load_model(model_dir: str | Path, verify_checksums: bool = True, mmap: bool 
     indexes = {}
     for name in INDEXES:
         try:
-            indexes[name] = faiss.read_index(str(model_dir / f"{name}.faiss"))
+            mapped = mmap if mmap is not None else int(listed[f"{name}.faiss"]["bytes"]) >= MMAP_MIN_BYTES
+            indexes[name] = faiss.read_index(str(model_dir / f"{name}.faiss"),
+                                             faiss.IO_FLAG_MMAP_IFC if mapped else 0)
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreadable"
             raise BundleError(f"model bundle {model_dir} is corrupt: {name}.faiss: {first}") from None

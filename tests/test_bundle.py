@@ -114,3 +114,25 @@ def test_stored_neighbours_out_of_range_are_refused(bundle_copy: Path) -> None:
         assert _one_line(exc).endswith("content_neighbours does not match the other arrays")
     store(-1)  # -1 pads rows with fewer neighbours
     assert load_model(bundle_copy).content_neighbours.shape == (model.num_items, 4)
+
+
+def _mapped_files() -> set[str]:
+    return {line.split(None, 5)[5].strip() for line in Path("/proc/self/maps").read_text().splitlines()
+            if len(line.split(None, 5)) == 6}
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux /proc to see file mappings")
+def test_mmap_maps_the_faiss_indexes_and_searches_alike(demo_model: Path) -> None:
+    import numpy as np
+
+    mapped = load_model(demo_model, mmap=True)
+    files = _mapped_files()
+    for name in ("cf", "content"):  # workers share these pages instead of each copying them
+        assert str((demo_model / f"{name}.faiss").resolve()) in files
+    read = load_model(demo_model, mmap=False)
+    queries = np.random.default_rng(0).normal(size=(20, mapped.cf_index.d)).astype(np.float32)
+    for a, b in ((mapped.cf_index, read.cf_index), (mapped.content_index, read.content_index)):
+        queries = queries[:, : a.d] if a.d <= queries.shape[1] else np.pad(queries, ((0, 0), (0, a.d - queries.shape[1])))
+        da, ia = a.search(np.ascontiguousarray(queries), 10)
+        db, ib = b.search(np.ascontiguousarray(queries), 10)
+        assert ia.tolist() == ib.tolist() and np.array_equal(da, db)
