@@ -466,3 +466,23 @@ def test_faiss_content_looks_up_stored_neighbours(model) -> None:
     assert not set(searched.items.tolist()) & set(ctx.excluded().tolist())
     with pytest.raises(ValueError, match="lookup must be one of: auto, index"):
         FaissContent("content", FaissContent.Params(lookup="table")).validate()
+
+
+def test_sorted_unique_in_sorted_and_merge_match_numpy() -> None:
+    from hybridrec.server.stages import Candidates, SourceResult, in_sorted, sorted_unique
+
+    rng = np.random.default_rng(5)
+    for size in (0, 1, 2, 7, 300):
+        values = rng.integers(0, 50, size=size).astype(np.int64)
+        assert sorted_unique(values).tolist() == np.unique(values).tolist()
+        probe = rng.integers(-5, 60, size=40)
+        assert in_sorted(probe, np.unique(values)).tolist() == np.isin(probe, values).tolist()
+    # two sources that share items: one row per item, each source's score where it found it
+    a = SourceResult(np.array([9, 3, 5], dtype=np.int64), np.array([0.9, 0.3, 0.5], dtype=np.float32),
+                     np.array([1, 1, 2], dtype=np.int64))
+    b = SourceResult(np.array([5, 1], dtype=np.int64), np.array([0.55, 0.1], dtype=np.float32))
+    merged = Candidates.merge({"a": a, "b": b})
+    assert merged.items.tolist() == [1, 3, 5, 9]
+    assert np.allclose(merged.scores["a"], [np.nan, 0.3, 0.5, 0.9], equal_nan=True)
+    assert np.allclose(merged.scores["b"], [0.1, np.nan, 0.55, np.nan], equal_nan=True)
+    assert merged.anchors["a"].tolist() == [-1, 1, 2, 1] and "b" not in merged.anchors
