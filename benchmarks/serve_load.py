@@ -2,8 +2,11 @@
 
 For each model (the demo model by default; `--model DIR --config FILE`; or the scale bundles
 `.hybridrec/bench/<size>/model` with `--sizes`) and each worker count, this starts
-`hybridrec serve` in its own process(es), then drives it from SEPARATE load-generator processes
-(grpc.aio, one event loop each, requests built in advance, a few long-lived channels):
+`hybridrec serve` in its own process(es), then drives it from a SEPARATE load-generator process:
+by default benchmarks/loadgen.c (built here with the C compiler: gRPC over HTTP/2 on `--channels`
+connections, one epoll loop, about 0.05 ms of CPU per call), or with `--generator python`
+grpc.aio processes (`--clients`, one event loop each, requests built in advance; about 0.45 ms of
+CPU per call, which on a 2-core machine is taken from the server):
 
 - closed loop: C requests in flight (`--concurrency 1 4 16 64`) for `--duration` seconds each;
 - open loop: a fixed arrival rate (`--rate 1000 --rate-duration 30`); latency counts from the
@@ -278,6 +281,40 @@ def percentiles(values: np.ndarray) -> dict[str, float]:
             "p99": float(np.percentile(values, 99)), "max": float(values.max())}
 
 
+def measure_window(server: ServerProcess, begin: float, duration: float) -> dict:
+    """Sleeps until wall-clock `begin`, then measures server and machine CPU over `duration` s."""
+    time.sleep(max(0.0, begin - time.time()))
+    pids = server.all_pids()
+    s0 = sum(proc_cpu_seconds(p) for p in pids)
+    m0 = machine_busy_seconds()
+    t0 = time.monotonic()
+    time.sleep(duration)
+    s1 = sum(proc_cpu_seconds(p) for p in pids)
+    m1 = machine_busy_seconds()
+    return {"seconds": time.monotonic() - t0, "server": s1 - s0, "machine": m1[0] - m0[0],
+            "machine_total": m1[1] - m0[1], "steal": m1[2] - m0[2]}
+
+
+def level_result(mode: str, level: float, duration: float, lat_all: np.ndarray, server_us: np.ndarray,
+                 served: Counter, errors: Counter, client_cpu: float, window: dict) -> dict:
+    """One level's figures: latencies of the answered calls, errors by kind, CPU by whom."""
+    srv_all = server_us.astype(np.float64) / 1000.0
+    seconds = window["seconds"]
+    return {
+        "mode": mode, "level": level, "duration_s": duration, "requests": int(len(lat_all)),
+        "throughput_rps": round(len(lat_all) / duration, 1),
+        "latency_ms": percentiles(lat_all), "server_ms": percentiles(srv_all),
+        "errors": int(sum(errors.values())), "error_kinds": dict(errors),
+        "served_by_pid": dict(served),
+        "cpu_cores": {"server": round(window["server"] / seconds, 2), "load_generator": round(client_cpu, 2),
+                      "machine": round(window["machine"] / seconds, 2),
+                      "machine_total": round(window["machine_total"] / seconds, 2),
+                      "steal": round(window["steal"] / seconds, 3)},
+        "server_cpu_ms_per_request": round(window["server"] / seconds * 1000.0 / max(len(lat_all) / duration, 1e-9), 3),
+        "loadavg": loadavg(),
+    }
+
+
 class LoadGenerators:
     """`n` load-generator processes (spawned: fresh interpreters, no inherited gRPC state)."""
 
@@ -307,16 +344,7 @@ class LoadGenerators:
         active = [(c, s) for c, s in zip(self.conns, shares) if s > 0]
         for conn, share in active:
             conn.send(("run", mode, start_at, warmup, duration, share))
-        # CPU of the server and of the machine over the measured window
-        time.sleep(max(0.0, start_at + warmup - time.time()))
-        pids = server.all_pids()
-        s0 = sum(proc_cpu_seconds(p) for p in pids)
-        m0 = machine_busy_seconds()
-        t0 = time.monotonic()
-        time.sleep(duration)
-        s1 = sum(proc_cpu_seconds(p) for p in pids)
-        m1 = machine_busy_seconds()
-        window = time.monotonic() - t0
+        window = measure_window(server, start_at + warmup, duration)
         lat, srv, served, errors, client_cpu = [], [], Counter(), Counter(), 0.0
         for conn, _ in active:
             _, l, s, p, e, cpu = conn.recv()
@@ -325,21 +353,8 @@ class LoadGenerators:
             served.update(p)
             errors.update(e)
             client_cpu += cpu
-        lat_all = np.concatenate(lat)
-        srv_all = np.concatenate(srv).astype(np.float64) / 1000.0
-        return {
-            "mode": mode, "level": level, "duration_s": duration, "requests": int(len(lat_all)),
-            "throughput_rps": round(len(lat_all) / duration, 1),
-            "latency_ms": percentiles(lat_all), "server_ms": percentiles(srv_all),
-            "errors": int(sum(errors.values())), "error_kinds": dict(errors),
-            "served_by_pid": dict(served),
-            "cpu_cores": {"server": round((s1 - s0) / window, 2), "load_generator": round(client_cpu, 2),
-                          "machine": round((m1[0] - m0[0]) / window, 2),
-                          "machine_total": round((m1[1] - m0[1]) / window, 2),
-                          "steal": round((m1[2] - m0[2]) / window, 3)},
-            "server_cpu_ms_per_request": round((s1 - s0) / window * 1000.0 / max(len(lat_all) / duration, 1e-9), 3),
-            "loadavg": loadavg(),
-        }
+        return level_result(mode, level, duration, np.concatenate(lat), np.concatenate(srv), served, errors,
+                            client_cpu, window)
 
     def close(self) -> None:
         for conn in self.conns:
@@ -351,6 +366,76 @@ class LoadGenerators:
             proc.join(10)
             if proc.is_alive():
                 proc.kill()
+
+
+LOADGEN_SOURCE = REPO / "benchmarks" / "loadgen.c"
+# one record per counted call, as benchmarks/loadgen.c writes them
+LOADGEN_RECORD = np.dtype([("ms", "<f4"), ("server_us", "<i4"), ("pid", "<i4"), ("items", "<i4"), ("status", "<i4")])
+LOADGEN_FAILURES = {-1: "no_grpc_status", -2: "stream_reset", -3: "connection_lost", -4: "no_answer_by_deadline",
+                    -5: "not_sent_too_many_in_flight"}
+
+
+def build_loadgen(out_dir: Path) -> Path:
+    """Compiles benchmarks/loadgen.c (once; again when the source is newer) with the C compiler."""
+    binary = out_dir / "loadgen"
+    if binary.is_file() and binary.stat().st_mtime >= LOADGEN_SOURCE.stat().st_mtime:
+        return binary
+    out_dir.mkdir(parents=True, exist_ok=True)
+    compiler = os.environ.get("CC", "cc")
+    try:
+        subprocess.run([compiler, "-O2", "-o", str(binary), str(LOADGEN_SOURCE)], check=True,
+                       capture_output=True, text=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        detail = getattr(exc, "stderr", "") or str(exc)
+        raise SystemExit(f"cannot build the native load generator with {compiler} ({detail.strip()[:300]}); "
+                         "install a C compiler or pass --generator python")
+    return binary
+
+
+class NativeGenerator:
+    """benchmarks/loadgen.c in its own process: same request mix, levels and figures as
+    LoadGenerators, at a few microseconds of CPU per call instead of about half a millisecond."""
+
+    def __init__(self, binary: Path, port: int, specs, k: int, pipeline: str, channels: int, timeout: float,
+                 workdir: Path) -> None:
+        from hybridrec.v1 import recommender_pb2 as pb
+
+        self.binary, self.port, self.k, self.channels, self.timeout = binary, port, k, channels, timeout
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.requests, self.out = workdir / "requests.bin", workdir / "calls.bin"
+        with self.requests.open("wb") as f:
+            for user, context in specs:
+                body = pb.RecommendRequest(user_id=user, k=k, context_item_ids=list(context),
+                                           pipeline=pipeline).SerializeToString()
+                f.write(len(body).to_bytes(4, "little") + body)
+
+    def run(self, mode: str, level: float, warmup: float, duration: float, server: ServerProcess) -> dict:
+        import grpc
+
+        start_at = time.time() + 0.5  # after the connections are up
+        cmd = [str(self.binary), "--port", str(self.port), "--requests", str(self.requests), "--out", str(self.out),
+               "--mode", mode, "--level", f"{level:g}", "--connections", str(self.channels), "--warmup", str(warmup),
+               "--duration", str(duration), "--start-at", f"{start_at:.6f}", "--timeout", str(self.timeout)]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        window = measure_window(server, start_at + warmup, duration)
+        stdout, stderr = proc.communicate(timeout=duration + warmup + self.timeout + 60)
+        if proc.returncode != 0:
+            raise SystemExit(f"load generator failed ({proc.returncode}): {stderr.strip()}")
+        summary = json.loads(stdout)
+        calls = np.fromfile(self.out, dtype=LOADGEN_RECORD)
+        ok = (calls["status"] == 0) & (calls["items"] == self.k)
+        names = {code.value[0]: code.name for code in grpc.StatusCode}
+        errors: Counter[str] = Counter()
+        for status, count in zip(*np.unique(calls["status"][~ok], return_counts=True)):
+            name = "short_answer" if status == 0 else LOADGEN_FAILURES.get(int(status), names.get(int(status)))
+            errors[name or f"status_{status}"] += int(count)
+        served = Counter({str(pid): int(n) for pid, n in zip(*np.unique(calls["pid"][ok], return_counts=True))})
+        client_cpu = summary["cpu_seconds"] / max(summary["window_seconds"], 1e-6)
+        return level_result(mode, level, duration, calls["ms"][ok], calls["server_us"][ok].astype(np.int64), served,
+                            errors, client_cpu, window)
+
+    def close(self) -> None:
+        pass
 
 
 def fmt_row(label: str, workers: int, r: dict) -> list[str]:
@@ -414,7 +499,11 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of load before measuring each level")
     parser.add_argument("--rate", type=float, nargs="*", default=[], help="open-loop target rates (requests/s)")
     parser.add_argument("--rate-duration", type=float, default=30.0, help="seconds measured per open-loop rate")
-    parser.add_argument("--clients", type=int, default=1, help="load-generator processes")
+    parser.add_argument("--generator", choices=["native", "python"], default="native",
+                        help="load generator: native (benchmarks/loadgen.c, built with the C compiler; a few us of "
+                             "CPU per call) or python (grpc.aio; about 0.5 ms of CPU per call, taken from the "
+                             "server's cores on a small machine)")
+    parser.add_argument("--clients", type=int, default=1, help="load-generator processes (--generator python)")
     parser.add_argument("--channels", type=int, default=16, help="gRPC channels (connections) per load process")
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--pipeline", default="", help="pipeline to request (default: the config's default)")
@@ -431,6 +520,7 @@ def main() -> int:
         "runs": [],
     }
     rows: list[list[str]] = []
+    loadgen = build_loadgen(args.bench_dir / "bin") if args.generator == "native" else None
     for label, model_dir, config in models_to_run(args):
         manifest = json.loads((model_dir / "manifest.json").read_text())
         counts = manifest.get("counts", {})
@@ -445,10 +535,15 @@ def main() -> int:
             memory_idle = {str(p): memory_kb(p) for p in server.all_pids()}
             run = {"model": label, "model_dir": str(model_dir), "config": str(config), "users": counts.get("users"),
                    "items": counts.get("items"), "workers": workers, "threads": args.threads,
+                   "generator": args.generator,
                    "pipeline": args.pipeline or "default",
                    "server_cmd": " ".join(server.cmd[1:]), "start_seconds": round(start_s, 1), "levels": []}
-            gens = LoadGenerators(args.clients, f"127.0.0.1:{server.port}", specs, args.k, args.pipeline, args.channels,
-                                  args.timeout)
+            if args.generator == "native":
+                gens = NativeGenerator(loadgen, server.port, specs, args.k, args.pipeline, args.channels,
+                                       args.timeout, args.bench_dir / "loadgen-run")
+            else:
+                gens = LoadGenerators(args.clients, f"127.0.0.1:{server.port}", specs, args.k, args.pipeline,
+                                      args.channels, args.timeout)
             try:
                 plan = [("closed", c, args.duration) for c in args.concurrency]
                 plan += [("open", r, args.rate_duration) for r in args.rate]
