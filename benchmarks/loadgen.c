@@ -68,6 +68,7 @@ typedef struct {
 
 typedef struct {
     int fd, alive, ready;
+    int headers_indexed; /* the request headers are in the server's HPACK table */
     uint32_t next_stream;
     Buf out;            /* bytes not yet written */
     size_t out_off;
@@ -283,22 +284,28 @@ static void send_call(Conn *c, int idx) {
     Buf h = {0};
     unsigned char fixed[] = {0x83, 0x86}; /* :method POST, :scheme http (static table) */
     buf_put(&h, fixed, 2);
-    unsigned char b = 0x04; /* :path, literal without indexing, static name 4 */
-    buf_put(&h, &b, 1);
-    hpack_str(&h, path);
-    b = 0x01; /* :authority */
-    buf_put(&h, &b, 1);
-    hpack_str(&h, authority);
-    unsigned char ct[] = {0x0f, 0x10}; /* content-type (static name 31) */
-    buf_put(&h, ct, 2);
-    hpack_str(&h, "application/grpc");
-    b = 0x00; /* new name */
-    buf_put(&h, &b, 1);
-    hpack_str(&h, "te");
-    hpack_str(&h, "trailers");
-    buf_put(&h, &b, 1); /* new name: the call's deadline, as a gRPC client sends it */
-    hpack_str(&h, "grpc-timeout");
-    hpack_str(&h, grpc_timeout);
+    if (c->headers_indexed) { /* the five entries the first call put in the server's table: 62..66 */
+        unsigned char indexed[] = {0x80 | 66, 0x80 | 65, 0x80 | 64, 0x80 | 63, 0x80 | 62};
+        buf_put(&h, indexed, sizeof indexed);
+    } else { /* literals with incremental indexing, as gRPC clients send them */
+        unsigned char b = 0x40 | 4; /* :path (static name 4) */
+        buf_put(&h, &b, 1);
+        hpack_str(&h, path);
+        b = 0x40 | 1; /* :authority */
+        buf_put(&h, &b, 1);
+        hpack_str(&h, authority);
+        b = 0x40 | 31; /* content-type */
+        buf_put(&h, &b, 1);
+        hpack_str(&h, "application/grpc");
+        b = 0x40; /* new names */
+        buf_put(&h, &b, 1);
+        hpack_str(&h, "te");
+        hpack_str(&h, "trailers");
+        buf_put(&h, &b, 1); /* the call's deadline, as a gRPC client sends it */
+        hpack_str(&h, "grpc-timeout");
+        hpack_str(&h, grpc_timeout);
+        c->headers_indexed = 1;
+    }
     frame_header(&c->out, (uint32_t)h.len, F_HEADERS, FL_END_HEADERS, stream);
     buf_put(&c->out, h.p, h.len);
     free(h.p);

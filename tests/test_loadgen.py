@@ -1,0 +1,96 @@
+"""The native load generator of benchmarks/serve_load.py (benchmarks/loadgen.c), against the real
+server: what it reports for each call is what the server answered."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hybridrec.v1 import recommender_pb2 as pb
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def serve_load():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import serve_load
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    return serve_load
+
+
+@pytest.fixture(scope="module")
+def loadgen(serve_load, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if shutil.which(os.environ.get("CC", "cc")) is None:
+        pytest.skip("no C compiler (cc) to build benchmarks/loadgen.c")
+    return serve_load.build_loadgen(tmp_path_factory.mktemp("bin"))
+
+
+def write_requests(path: Path, requests: list[pb.RecommendRequest]) -> None:
+    with path.open("wb") as f:
+        for request in requests:
+            body = request.SerializeToString()
+            f.write(len(body).to_bytes(4, "little") + body)
+
+
+def run_loadgen(binary: Path, port: int, requests: Path, out: Path, *args: str) -> tuple[dict, np.ndarray]:
+    done = subprocess.run([str(binary), "--port", str(port), "--requests", str(requests), "--out", str(out),
+                           "--connections", "3", "--warmup", "0.2", *args], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout), np.fromfile(out, dtype=sys.modules["serve_load"].LOADGEN_RECORD)
+
+
+def test_open_loop_reads_status_items_and_server_metadata(loadgen: Path, running_server, demo_model: Path,
+                                                          tmp_path: Path, serve_load) -> None:
+    users = np.load(demo_model / "user_ids.npy")
+    requests = [pb.RecommendRequest(user_id=str(users[i]), k=5) for i in range(3)]
+    requests.append(pb.RecommendRequest(user_id=str(users[3]), k=5, pipeline="no-such-pipeline"))
+    requests.append(pb.RecommendRequest(user_id=str(users[4]), k=3))
+    write_requests(tmp_path / "requests.bin", requests)
+    summary, calls = run_loadgen(loadgen, running_server.port, tmp_path / "requests.bin", tmp_path / "calls.bin",
+                                 "--mode", "open", "--level", "100", "--duration", "1")
+    # 100/s for 1 s measured, after 0.2 s of warm-up: calls 20..119 of the schedule
+    assert calls.shape[0] == 100 and summary["counted"] == 100 and summary["sent"] == 120
+    kind = (np.arange(20, 120) % len(requests))  # the generator takes the requests in turn
+    bad, short = kind == 3, kind == 4
+    assert (calls["status"][bad] == 3).all()  # INVALID_ARGUMENT, read from the trailers
+    assert (calls["status"][~bad] == 0).all()
+    assert (calls["items"][~bad & ~short] == 5).all() and (calls["items"][short] == 3).all()
+    assert (calls["items"][bad] == 0).all()
+    assert (calls["pid"] == os.getpid()).all()  # the in-process server's pid, from its trailing metadata
+    assert (calls["server_us"][~bad] > 0).all()
+    assert (calls["ms"] > 0).all() and (calls["ms"] < 5000).all()
+
+
+def test_closed_loop_keeps_calls_in_flight_and_counts_results(loadgen: Path, running_server, demo_model: Path,
+                                                              tmp_path: Path, serve_load) -> None:
+    users = np.load(demo_model / "user_ids.npy")
+    write_requests(tmp_path / "requests.bin", [pb.RecommendRequest(user_id=str(u), k=4) for u in users[:20]])
+    summary, calls = run_loadgen(loadgen, running_server.port, tmp_path / "requests.bin", tmp_path / "calls.bin",
+                                 "--mode", "closed", "--level", "4", "--duration", "0.5")
+    assert calls.shape[0] == summary["counted"] > 10
+    assert summary["sent"] > summary["counted"]  # the warm-up's calls are not counted
+    assert (calls["status"] == 0).all() and (calls["items"] == 4).all()
+    assert summary["window_seconds"] >= 0.5 and summary["cpu_seconds"] >= 0.0
+
+
+def test_a_server_that_is_not_there_is_a_clear_failure(loadgen: Path, tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    write_requests(tmp_path / "requests.bin", [pb.RecommendRequest(user_id="u", k=1)])
+    done = subprocess.run([str(loadgen), "--port", str(port), "--requests", str(tmp_path / "requests.bin"), "--out",
+                           str(tmp_path / "calls.bin"), "--mode", "open", "--level", "10"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.startswith("loadgen: connect:") and len(done.stderr.strip().splitlines()) == 1
