@@ -22,7 +22,8 @@
  * Each call carries a grpc-timeout of --timeout seconds; calls still unanswered --timeout seconds
  * after the last send are given up.
  *
- * Output: --out FILE gets one record per counted call (float latency ms, int32 server time us,
+ * Output: --out FILE gets one record per counted call (float latency ms, float send time in seconds
+ * from the start of the measured window (the scheduled time in open loop), int32 server time us,
  * int32 worker pid, int32 items in the answer, int32 status: gRPC status code, or -1 no status
  * read, -2 stream reset, -3 connection lost, -4 unanswered at the deadline, -5 not sent: too many
  * in flight). stdout gets one JSON line: calls sent, CPU seconds used over the measured window
@@ -53,7 +54,8 @@ enum { FL_END_STREAM = 0x1, FL_ACK = 0x1, FL_END_HEADERS = 0x4, FL_PADDED = 0x8,
 enum { ST_NONE = -1, ST_RESET = -2, ST_LOST = -3, ST_DEADLINE = -4, ST_NOT_SENT = -5 };
 
 typedef struct {
-    double scheduled;   /* latency counts from here (monotonic seconds) */
+    double scheduled;   /* latency counts from here (monotonic seconds); the latency once done */
+    double sent;        /* the same send time, kept */
     int conn;
     int done, counted;
     int status, server_us, pid, items;
@@ -476,7 +478,7 @@ static int new_call(double scheduled, int conn) {
     calls = grow(calls, &calls_cap, n_calls + 1, sizeof(Call));
     Call *c = &calls[n_calls];
     memset(c, 0, sizeof *c);
-    c->scheduled = scheduled;
+    c->scheduled = c->sent = scheduled;
     c->conn = conn;
     c->status = c->server_us = c->pid = ST_NONE;
     return (int)n_calls++;
@@ -647,9 +649,9 @@ int main(int argc, char **argv) {
     long counted = 0;
     for (size_t i = 0; i < n_calls; i++) {
         if (!calls[i].counted) continue;
-        float ms = (float)(calls[i].scheduled * 1000.0);
+        float times[2] = {(float)(calls[i].scheduled * 1000.0), (float)(calls[i].sent - measure_from)};
         int32_t rec[4] = {calls[i].server_us, calls[i].pid, calls[i].items, calls[i].status};
-        fwrite(&ms, 4, 1, o);
+        fwrite(times, 4, 2, o);
         fwrite(rec, 4, 4, o);
         counted++;
     }

@@ -370,9 +370,22 @@ class LoadGenerators:
 
 LOADGEN_SOURCE = REPO / "benchmarks" / "loadgen.c"
 # one record per counted call, as benchmarks/loadgen.c writes them
-LOADGEN_RECORD = np.dtype([("ms", "<f4"), ("server_us", "<i4"), ("pid", "<i4"), ("items", "<i4"), ("status", "<i4")])
+LOADGEN_RECORD = np.dtype([("ms", "<f4"), ("at_s", "<f4"), ("server_us", "<i4"), ("pid", "<i4"), ("items", "<i4"), ("status", "<i4")])
 LOADGEN_FAILURES = {-1: "no_grpc_status", -2: "stream_reset", -3: "connection_lost", -4: "no_answer_by_deadline",
                     -5: "not_sent_too_many_in_flight"}
+
+
+def by_second(calls: np.ndarray) -> dict:
+    """Latency by second of the measured window (by send time): is a bad p99 one stall or a
+    queue that kept growing? Seconds whose p99 is over 50 ms are listed with it."""
+    second = np.floor(calls["at_s"]).astype(np.int64)
+    p99, worst = [], []
+    for s in np.unique(second):
+        ms = calls["ms"][second == s]
+        p99.append(round(float(np.percentile(ms, 99)), 2))
+        worst.append(round(float(ms.max()), 1))
+    slow = [i for i, v in enumerate(p99) if v > 50.0]
+    return {"p99_ms": p99, "max_ms": worst, "seconds_over_50ms": slow}
 
 
 def build_loadgen(out_dir: Path) -> Path:
@@ -431,8 +444,10 @@ class NativeGenerator:
             errors[name or f"status_{status}"] += int(count)
         served = Counter({str(pid): int(n) for pid, n in zip(*np.unique(calls["pid"][ok], return_counts=True))})
         client_cpu = summary["cpu_seconds"] / max(summary["window_seconds"], 1e-6)
-        return level_result(mode, level, duration, calls["ms"][ok], calls["server_us"][ok].astype(np.int64), served,
-                            errors, client_cpu, window)
+        result = level_result(mode, level, duration, calls["ms"][ok], calls["server_us"][ok].astype(np.int64), served,
+                              errors, client_cpu, window)
+        result["by_second"] = by_second(calls[ok])
+        return result
 
     def close(self) -> None:
         pass

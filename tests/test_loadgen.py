@@ -68,6 +68,8 @@ def test_open_loop_reads_status_items_and_server_metadata(loadgen: Path, running
     assert (calls["pid"] == os.getpid()).all()  # the in-process server's pid, from its trailing metadata
     assert (calls["server_us"][~bad] > 0).all()
     assert (calls["ms"] > 0).all() and (calls["ms"] < 5000).all()
+    # send times: the schedule, 10 ms apart, from the start of the measured second
+    assert np.allclose(calls["at_s"], np.arange(100) * 0.01, atol=1e-3)
 
 
 def test_closed_loop_keeps_calls_in_flight_and_counts_results(loadgen: Path, running_server, demo_model: Path,
