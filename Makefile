@@ -36,9 +36,9 @@ bench: install
 # separate load-generator process (-> benchmarks/results/serve_load_scale.json).
 bench-scale: install
 	$(BIN)/python benchmarks/train_scale.py --sizes small,medium,large
-	$(BIN)/python benchmarks/serve_load.py --sizes small medium large --workers 2 \
+	$(BIN)/python benchmarks/serve_load.py --sizes small medium large --workers 3 \
 		--server-arg=--io --server-arg=asyncio --channels 64 --concurrency 1 16 32 \
-		--rate 500 800 1000 --rate-duration 20 --json benchmarks/results/serve_load_scale.json
+		--rate 500 800 1000 --rate-duration 60 --json benchmarks/results/serve_load_scale.json
 
 clean:
 	rm -rf $(VENV) .hybridrec .pytest_cache build *.egg-info

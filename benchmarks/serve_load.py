@@ -41,6 +41,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -514,8 +515,8 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of load before measuring each level")
     parser.add_argument("--rate", type=float, nargs="*", default=[], help="open-loop target rates (requests/s)")
     parser.add_argument("--rate-duration", type=float, default=30.0, help="seconds measured per open-loop rate")
-    parser.add_argument("--generator", choices=["native", "python"], default="native",
-                        help="load generator: native (benchmarks/loadgen.c, built with the C compiler; a few us of "
+    parser.add_argument("--generator", choices=["native", "python"], nargs="+", default=["native"],
+                        help="load generator(s), each running every level in the order given: native (benchmarks/loadgen.c, built with the C compiler; a few us of "
                              "CPU per call) or python (grpc.aio; about 0.5 ms of CPU per call, taken from the "
                              "server's cores on a small machine)")
     parser.add_argument("--clients", type=int, default=1, help="load-generator processes (--generator python)")
@@ -535,7 +536,7 @@ def main() -> int:
         "runs": [],
     }
     rows: list[list[str]] = []
-    loadgen = build_loadgen(args.bench_dir / "bin") if args.generator == "native" else None
+    loadgen = build_loadgen(args.bench_dir / "bin") if "native" in args.generator else None
     for label, model_dir, config in models_to_run(args):
         manifest = json.loads((model_dir / "manifest.json").read_text())
         counts = manifest.get("counts", {})
@@ -550,25 +551,31 @@ def main() -> int:
             memory_idle = {str(p): memory_kb(p) for p in server.all_pids()}
             run = {"model": label, "model_dir": str(model_dir), "config": str(config), "users": counts.get("users"),
                    "items": counts.get("items"), "workers": workers, "threads": args.threads,
-                   "generator": args.generator,
+                   "generators": args.generator,
                    "pipeline": args.pipeline or "default",
                    "server_cmd": " ".join(server.cmd[1:]), "start_seconds": round(start_s, 1), "levels": []}
-            if args.generator == "native":
-                gens = NativeGenerator(loadgen, server.port, specs, args.k, args.pipeline, args.channels,
-                                       args.timeout, args.bench_dir / "loadgen-run")
-            else:
-                gens = LoadGenerators(args.clients, f"127.0.0.1:{server.port}", specs, args.k, args.pipeline,
-                                      args.channels, args.timeout)
+            gens: dict[str, Any] = {}
             try:
+                if "native" in args.generator:
+                    gens["native"] = NativeGenerator(loadgen, server.port, specs, args.k, args.pipeline, args.channels,
+                                                     args.timeout, args.bench_dir / "loadgen-run")
+                if "python" in args.generator:
+                    gens["python"] = LoadGenerators(args.clients, f"127.0.0.1:{server.port}", specs, args.k,
+                                                    args.pipeline, args.channels, args.timeout)
                 plan = [("closed", c, args.duration) for c in args.concurrency]
                 plan += [("open", r, args.rate_duration) for r in args.rate]
-                for mode, level, duration in plan:
-                    result = gens.run(mode, level, args.warmup, duration, server)
-                    run["levels"].append(result)
-                    rows.append(fmt_row(f"{label}:{args.pipeline}" if args.pipeline else label, workers, result))
-                    print(table([rows[-1]]).splitlines()[-1] if len(rows) > 1 else table(rows), flush=True)
+                for name in args.generator:  # in the order given: `native python python native` alternates
+                    for mode, level, duration in plan:
+                        result = gens[name].run(mode, level, args.warmup, duration, server)
+                        result["generator"] = name
+                        run["levels"].append(result)
+                        row = f"{label}:{args.pipeline}" if args.pipeline else label
+                        rows.append(fmt_row(f"{row} ({name})" if len(set(args.generator)) > 1 else row, workers,
+                                            result))
+                        print(table([rows[-1]]).splitlines()[-1] if len(rows) > 1 else table(rows), flush=True)
             finally:
-                gens.close()
+                for gen in gens.values():
+                    gen.close()
                 run["memory_kb_idle"] = memory_idle
                 run["memory_kb_after_load"] = {str(p): memory_kb(p) for p in server.all_pids()}
                 code = server.stop()
