@@ -17,7 +17,17 @@ seed 42), takes each user's top `--pool` items of the `hybrid` pipeline with the
 - `dpp alpha=A`: greedy MAP inference of a determinantal point process with kernel
   L = diag(q) S diag(q), q = exp(A x relevance), S the content cosine similarities (the
   incremental-Cholesky greedy of Chen, Zhang and Zhou, NeurIPS 2018), the first `keep_top`
-  picks by relevance as in the served MMR.
+  picks by relevance as in the served MMR;
+- `xquad over history items`: xQuAD (Santos et al., 2010) whose aspects are the user's own rated
+  items: P(item | aspect h) is h's item-item weight to the item (its share of the item-item
+  score), an aspect's weight its share of the history, so the list covers the parts of the
+  history the top items leave out;
+- `set search on P(hit | rank)`: the set search above with each pool position's relevance
+  replaced by the hit rate of that rank read off the test split itself. It reads test labels,
+  so it is an upper bound for any relevance calibrated by rank, not a usable re-ranker.
+
+It also prints the hit rate of pool items by rank and by their mean content similarity to the
+top 4 (how redundant they are): at the same rank, less redundant items are hits more often.
 
 Relevance is the final score min-max scaled over the pool, as in the MMR stage.
 
@@ -103,6 +113,52 @@ def set_search(relevance: np.ndarray, sims: np.ndarray, beta: float, k: int, dis
         chosen, current = trials[best], values[best]
 
 
+def xquad_history(relevance: np.ndarray, aspects: tuple[np.ndarray, np.ndarray], lam: float, keep_top: int,
+                  k: int) -> np.ndarray:
+    """xQuAD with the user's history items as aspects: each step adds the item maximising
+    (1 - lam) x relevance + lam x sum_h w_h P(item | h) prod_{picked} (1 - P(picked | h))."""
+    coverage, weights = aspects
+    uncovered = np.ones(weights.shape[0])
+    is_open = np.ones(relevance.shape[0], dtype=bool)
+    picked: list[int] = []
+    for step in range(min(k, relevance.shape[0])):
+        value = relevance if step < keep_top else (1 - lam) * relevance + lam * ((weights * uncovered) @ coverage)
+        best = int(np.where(is_open, value, -np.inf).argmax())
+        picked.append(best)
+        is_open[best] = False
+        uncovered *= 1.0 - coverage[:, best]
+    return np.asarray(picked)
+
+
+def rank_hit_rate(pools: list[np.ndarray], relevant: list[np.ndarray], pool: int) -> np.ndarray:
+    """The share of users whose item at each pool rank is a test item (reads the test split)."""
+    hits = np.zeros(pool)
+    for items, truth in zip(pools, relevant):
+        hits[: min(pool, items.shape[0])] += np.isin(items[:pool], truth)
+    return hits / max(len(pools), 1)
+
+
+def print_hit_rates(pools: list[np.ndarray], relevant: list[np.ndarray], unit: np.ndarray, pool: int) -> None:
+    """Hit rate of pool ranks 5-50 by rank band and by mean content similarity to the top 4."""
+    bands = [(4, 10), (10, 20), (20, 30), (30, 40), (40, pool)]
+    edges = (0.25, 0.5)
+    counts = np.zeros((len(bands), len(edges) + 1, 2))
+    for items, truth in zip(pools, relevant):
+        items = items[:pool]
+        vectors = unit[items]
+        redundancy = (vectors @ vectors[:4].T).mean(axis=1)
+        hit = np.isin(items, truth)
+        group = np.searchsorted(edges, redundancy, side="right")
+        for b, (lo, hi) in enumerate(bands):
+            np.add.at(counts[b, :, 0], group[lo:hi], hit[lo:hi])
+            np.add.at(counts[b, :, 1], group[lo:hi], 1)
+    print("hit rate by pool rank and by mean content similarity to the top 4 (items in brackets)")
+    print(f"{'ranks':<8} {'< 0.25':>16} {'0.25-0.5':>16} {'>= 0.5':>16}")
+    for b, (lo, hi) in enumerate(bands):
+        cells = [f"{c[0] / c[1]:.3f} ({int(c[1])})" if c[1] else "-" for c in counts[b]]
+        print(f"{lo + 1}-{hi:<6} {cells[0]:>16} {cells[1]:>16} {cells[2]:>16}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "ml-100k"))
@@ -112,6 +168,10 @@ def main() -> int:
     parser.add_argument("--betas", type=float, nargs="*", default=[3.0, 5.0, 8.0])
     parser.add_argument("--deep-pools", type=int, nargs="*", default=[100, 200], help="MMR over deeper pools")
     parser.add_argument("--alphas", type=float, nargs="*", default=[1.0, 2.0], help="DPP quality sharpness")
+    parser.add_argument("--xquad-lambdas", type=float, nargs="*", default=[0.5, 0.9],
+                        help="weight of the history-coverage term in xQuAD")
+    parser.add_argument("--rank-betas", type=float, nargs="*", default=[1.2, 2.0],
+                        help="diversity weight of the set search on P(hit | rank)")
     args = parser.parse_args()
 
     from hybridrec.server import evaluation as ev
@@ -140,7 +200,10 @@ def main() -> int:
                 result, _, _ = service.recommend(pb.RecommendRequest(user_id=user, k=depth, pipeline="hybrid"))
                 pools.append(result.candidates.items[result.ranked])
                 scores.append(result.candidates.final[result.ranked].astype(np.float64))
-            history = np.diff(model.history_indptr)[[model.user_index[u] for u in users]]
+            rows_of_users = [model.user_index[u] for u in users]
+            history = np.diff(model.history_indptr)[rows_of_users]
+            histories = [tuple(np.asarray(a) for a in model.history(row)[:2]) for row in rows_of_users]
+            item_item = model.item_item.tocsr()
             unit = unit_rows(model.item_content)
 
     def lists(pick, pool: int = args.pool) -> np.ndarray:
@@ -153,6 +216,13 @@ def main() -> int:
             positions = pick(row, relevance, vectors @ vectors.T)
             out[row, : positions.shape[0]] = items[positions]
         return out
+
+    def aspect_matrix(row: int) -> tuple[np.ndarray, np.ndarray]:
+        """P(pool item | history item) and each history item's weight, for xQuAD."""
+        items, weights = histories[row]
+        weights = weights.astype(np.float64)
+        block = np.maximum(item_item[items][:, pools[row][: args.pool]].toarray(), 0.0) * weights[:, None]
+        return block / np.maximum(block.max(axis=1, keepdims=True), 1e-12), weights / max(weights.sum(), 1e-12)
 
     def measure(recs: np.ndarray) -> tuple[float, float]:
         found = metrics.ranking_metrics(recs, relevant, (k,))
@@ -175,7 +245,16 @@ def main() -> int:
                          measure(lists(lambda row, rel, sims: greedy_mmr(rel, sims, lam, keep_top, k), pool))))
     for alpha in args.alphas:
         rows.append((f"dpp alpha={alpha}", measure(lists(lambda row, rel, sims: dpp_greedy(rel, sims, alpha, keep_top, k)))))
+    for lam in args.xquad_lambdas:
+        rows.append((f"xquad over history items lambda={lam}",
+                     measure(lists(lambda row, rel, sims: xquad_history(rel, aspect_matrix(row), lam, keep_top, k)))))
+    hit_rate = rank_hit_rate(pools, relevant, args.pool)
+    for beta in args.rank_betas:
+        print(f"set search on P(hit | rank) beta={beta} ...", file=sys.stderr, flush=True)
+        rows.append((f"set search on P(hit | rank) beta={beta} (reads test)",
+                     measure(lists(lambda row, rel, sims: set_search(hit_rate[: rel.shape[0]], sims, beta, k, discount)))))
     base_ndcg, base_ild = rows[0][1]
+    print_hit_rates(pools, relevant, unit, args.pool)
     print(f"{'re-ranking':<52} {'ndcg@10':>8} {'change':>8} {'ild@10':>7} {'change':>8}")
     for name, (ndcg, ild) in rows:
         print(f"{name:<52} {ndcg:8.4f} {100 * (ndcg / base_ndcg - 1):+7.1f}% {ild:7.3f} {100 * (ild / base_ild - 1):+7.1f}%")
