@@ -27,7 +27,9 @@ seed 42), takes each user's top `--pool` items of the `hybrid` pipeline with the
   so it is an upper bound for any relevance calibrated by rank, not a usable re-ranker.
 
 It also prints the hit rate of pool items by rank and by their mean content similarity to the
-top 4 (how redundant they are): at the same rank, less redundant items are hits more often.
+top 4 (how redundant they are), pooled over users and within users: pooled, the less redundant
+items are hits more often at the same rank, but within a user they are not (the pooled gap comes
+from which users have diverse pools).
 
 Relevance is the final score min-max scaled over the pool, as in the MMR stage.
 
@@ -143,6 +145,7 @@ def print_hit_rates(pools: list[np.ndarray], relevant: list[np.ndarray], unit: n
     bands = [(4, 10), (10, 20), (20, 30), (30, 40), (40, pool)]
     edges = (0.25, 0.5)
     counts = np.zeros((len(bands), len(edges) + 1, 2))
+    within: list[list[float]] = [[] for _ in bands]  # per user: hit rate below 0.25 minus at or above
     for items, truth in zip(pools, relevant):
         items = items[:pool]
         vectors = unit[items]
@@ -152,11 +155,18 @@ def print_hit_rates(pools: list[np.ndarray], relevant: list[np.ndarray], unit: n
         for b, (lo, hi) in enumerate(bands):
             np.add.at(counts[b, :, 0], group[lo:hi], hit[lo:hi])
             np.add.at(counts[b, :, 1], group[lo:hi], 1)
-    print("hit rate by pool rank and by mean content similarity to the top 4 (items in brackets)")
-    print(f"{'ranks':<8} {'< 0.25':>16} {'0.25-0.5':>16} {'>= 0.5':>16}")
+            low = group[lo:hi] == 0
+            if low.any() and not low.all():
+                within[b].append(hit[lo:hi][low].mean() - hit[lo:hi][~low].mean())
+    print("hit rate by pool rank and by mean content similarity to the top 4 (items in brackets), pooled over")
+    print("users; then the same difference within users who have both kinds of item at those ranks")
+    print(f"{'ranks':<8} {'< 0.25':>16} {'0.25-0.5':>16} {'>= 0.5':>16}   {'within users: < 0.25 minus >= 0.25':>36}")
     for b, (lo, hi) in enumerate(bands):
         cells = [f"{c[0] / c[1]:.3f} ({int(c[1])})" if c[1] else "-" for c in counts[b]]
-        print(f"{lo + 1}-{hi:<6} {cells[0]:>16} {cells[1]:>16} {cells[2]:>16}")
+        diffs = np.asarray(within[b])
+        inner = (f"{diffs.mean():+.3f} +- {diffs.std() / np.sqrt(diffs.shape[0]):.3f} ({diffs.shape[0]} users)"
+                 if diffs.shape[0] > 1 else "-")
+        print(f"{lo + 1}-{hi:<6} {cells[0]:>16} {cells[1]:>16} {cells[2]:>16}   {inner:>36}")
 
 
 def main() -> int:
