@@ -1,6 +1,7 @@
 """Built-in scorer: per-source scores normalised, then blended with weights from YAML."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -48,6 +49,12 @@ class WeightedHybrid(Scorer):
     A source is missing for a request when it could not run (CF for a new user, content
     with no seeds); its weight is dropped and the others are renormalised. When no weighted
     source is present, the `fallback` source (popularity) ranks alone.
+
+    With `prior_weight` > 0 the fallback source is also a prior that fades as the request
+    brings evidence: it takes the share prior_weight * exp(-n / prior_items) of the blend,
+    where n counts the user's history items and the request's context items. A new user with
+    five context items is then ranked partly by popularity, and a user with a long history
+    by the personal sources alone.
     """
 
     plugin_name = "weighted_hybrid"
@@ -57,6 +64,8 @@ class WeightedHybrid(Scorer):
         weights: dict = field(default_factory=lambda: {"cf": 0.6, "content": 0.4})
         normalise: str = "minmax"
         fallback: str = "popularity"
+        prior_weight: float = 0.0  # the fallback's share of the blend for a request without evidence
+        prior_items: float = 8.0  # evidence scale: the share shrinks by e for every prior_items items
 
     def validate(self) -> None:
         if self.params.normalise not in NORMALISERS:
@@ -66,6 +75,10 @@ class WeightedHybrid(Scorer):
                 raise ValueError(f"weights.{source} must be a number >= 0, got {weight!r}")
         if not any(w > 0 for w in self.params.weights.values()):
             raise ValueError("weights: at least one weight must be > 0")
+        if not 0.0 <= self.params.prior_weight <= 1.0:
+            raise ValueError(f"prior_weight must be between 0 and 1, got {self.params.prior_weight!r}")
+        if not self.params.prior_items > 0:
+            raise ValueError(f"prior_items must be > 0, got {self.params.prior_items!r}")
 
     def check_pipeline(self, pipeline) -> None:
         names = [s.name for s in pipeline.sources]
@@ -81,8 +94,13 @@ class WeightedHybrid(Scorer):
             name: float(w) for name, w in self.params.weights.items()
             if w > 0 and name in candidates.scores and not np.isnan(candidates.scores[name]).all()
         }
-        if not present and self.params.fallback in candidates.normalised:
-            present = {self.params.fallback: 1.0}
+        fallback = self.params.fallback
+        if fallback in candidates.normalised:
+            share = self.prior_share(ctx) if present else 1.0
+            if share >= 1.0:
+                present = {fallback: 1.0}
+            elif share > 0.0:  # the fallback's weight makes it `share` of the new total
+                present[fallback] = present.get(fallback, 0.0) + share / (1.0 - share) * sum(present.values())
         total = sum(present.values()) or 1.0
         final = np.zeros(len(candidates), dtype=np.float32)
         for name, weight in present.items():
@@ -91,6 +109,13 @@ class WeightedHybrid(Scorer):
             final += contribution
         candidates.final = final
         candidates.stage_scores[self.name] = final
+
+    def prior_share(self, ctx: RequestContext) -> float:
+        """The fallback source's share of the blend for this request (0 without a prior)."""
+        if self.params.prior_weight <= 0.0:
+            return 0.0
+        evidence = ctx.history()[0].shape[0] + ctx.context_items.shape[0]
+        return self.params.prior_weight * math.exp(-evidence / self.params.prior_items)
 
 
 @hookimpl

@@ -289,6 +289,33 @@ def test_weighted_hybrid_blends_and_handles_a_missing_source(model) -> None:
     assert cands.final.tolist() == pytest.approx([0.5, 0.0, 1.0])
 
 
+def test_weighted_hybrid_prior_fades_as_evidence_grows(model) -> None:
+    from hybridrec.plugins.scorers import WeightedHybrid
+
+    def blend(stage, ctx) -> list[float]:
+        cands = Candidates(items=np.arange(3, dtype=np.int64), scores={
+            "cf": np.array([1.0, 2.0, 3.0], np.float32),             # minmax -> [0, .5, 1]
+            "popularity": np.array([0.9, 0.5, 0.1], np.float32)})   # minmax -> [1, .5, 0]
+        stage.score(ctx, cands)
+        return cands.final.tolist()
+
+    prior = WeightedHybrid("h", WeightedHybrid.Params(weights={"cf": 1.0}, prior_weight=0.9, prior_items=8.0))
+    one_context_item = make_ctx(model, context=[str(model.item_ids[0])])
+    share = 0.9 * np.exp(-1 / 8)
+    assert prior.prior_share(one_context_item) == pytest.approx(share)
+    assert blend(prior, one_context_item) == pytest.approx([share, 0.5, 1 - share])  # popularity leads
+    heavy = make_ctx(model, user=heavy_user(model))
+    n = int(np.diff(model.history_indptr).max())
+    assert prior.prior_share(heavy) == pytest.approx(0.9 * np.exp(-n / 8))
+    assert blend(prior, heavy)[2] > blend(prior, heavy)[0]  # a long history: the personal source leads
+    plain = WeightedHybrid("h", WeightedHybrid.Params(weights={"cf": 1.0}))
+    assert plain.prior_share(one_context_item) == 0.0
+    assert blend(plain, one_context_item) == pytest.approx([0.0, 0.5, 1.0])
+    for bad in ({"prior_weight": 1.5}, {"prior_items": 0.0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            WeightedHybrid("h", WeightedHybrid.Params(**bad)).validate()
+
+
 def ranked_candidates(model, seed: int) -> tuple[np.ndarray, Candidates, np.ndarray]:
     """40 random items with descending final scores, and their ranking."""
     rng = np.random.default_rng(seed)
