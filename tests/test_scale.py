@@ -189,7 +189,9 @@ def test_auto_index_is_flat_for_small_and_ivf_for_large_catalogues() -> None:
 
     assert resolve_factory("auto", AUTO_FLAT_MAX_ITEMS) == "Flat"
     assert resolve_factory("auto", 1_000_000) == "IVF1024,Flat"
-    assert resolve_factory("auto", 100_000) == "IVF256,Flat"
+    assert resolve_factory("auto", 100_000) == "IVF1024,Flat"  # at least AUTO_MIN_LISTS
+    assert resolve_factory("auto", AUTO_FLAT_MAX_ITEMS + 1) == "IVF1024,Flat"
+    assert resolve_factory("auto", 4_000_000) == "IVF2048,Flat"
     assert resolve_factory("HNSW32", 10) == "HNSW32"
 
 
