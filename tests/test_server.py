@@ -78,13 +78,18 @@ def test_exclusions_are_honoured(client: RecommenderClient, model) -> None:
 def test_explain_gives_scores_per_source_and_stage_and_a_reason(client: RecommenderClient, model) -> None:
     user = users_by_activity(model)[0]
     result = client.recommend(user, k=10, explain=True)
+    # the default config blends cf 0.6 / content 0.4, with a popularity prior of
+    # 0.4 x exp(-n / 32) for a user with n history items
+    n = model.history(model.user_index[user])[0].shape[0]
+    prior = 0.4 * np.exp(-n / 32)
+    assert 0 < prior < 0.4
     for item in result.items:
         assert item.reason
-        assert set(item.source_scores) <= {"cf", "content", "popularity"}
-        assert {"cf", "content"} <= set(item.source_scores)
+        assert set(item.source_scores) == {"cf", "content", "popularity"}
         assert "weighted_hybrid" in item.stage_scores and "mmr" in item.stage_scores
         assert item.stage_scores["weighted_hybrid"] == pytest.approx(item.score)
-        blended = 0.6 * item.source_scores["cf"] + 0.4 * item.source_scores["content"]
+        personal = 0.6 * item.source_scores["cf"] + 0.4 * item.source_scores["content"]
+        blended = (1 - prior) * personal + prior * item.source_scores["popularity"]
         assert blended == pytest.approx(item.score, abs=1e-5)
     plain = client.recommend(user, k=10)
     assert all(not i.reason and not i.source_scores for i in plain.items)
