@@ -25,6 +25,8 @@ SEARCH_EASE_LAMBDA = (200.0, 350.0, 500.0, 750.0, 1000.0)
 SEARCH_DLAE_DROPOUT = (0.5, 0.6, 0.7, 0.8)
 SEARCH_SESSION_SECONDS = (None, 60.0, 300.0, 900.0, 3600.0)
 SEARCH_SESSION_WEIGHT = (1.0, 2.0, 3.0, 5.0)
+# the scorer's popularity prior: (prior_weight, prior_items); (0, 8) is no prior
+SEARCH_PRIOR = ((0.0, 8.0), (0.2, 8.0), (0.2, 32.0), (0.4, 8.0), (0.4, 32.0), (0.6, 8.0), (0.6, 32.0), (1.0, 8.0))
 MMR_LAMBDAS = (0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5, 0.4, 0.3)
 MMR_MAX_NDCG_LOSS = 0.04  # the most diverse lambda that keeps ndcg@10 within 4% of no MMR
 MIN_GAIN = 0.0025  # a change must beat the incumbent by this relative margin: less is noise
@@ -120,13 +122,14 @@ def tune(data: str | Path, base_config: str | Path, out_path: str | Path, pipeli
                 if score > best * (1 + MIN_GAIN):
                     best, config = score, candidate
         # blend weights need no retraining: one model, many scorers
-        weights, chosen_lambda = None, None
+        weights, prior, chosen_lambda = None, None, None
         with contextlib.ExitStack() as stack:
             services = [stack.enter_context(trained(sub, ~valid, items_csv, config, base_config, workdir,
                                                     f"tune-weights-{f}")) for f, valid in enumerate(folds)]
             lists = [relevant_indices(service, held) for service, held in zip(services, helds)]
             pipes = [service.state.config.pipelines[pipeline] for service in services]
             sources = [s.name for s in pipes[0].sources if s.name != pipes[0].scorer.params.fallback]
+            configured = dict(pipes[0].scorer.params.weights)
             for grid_weights in weight_grid(sources):
                 scores = []
                 for service, pipe, (users, relevant) in zip(services, pipes, lists):
@@ -138,24 +141,60 @@ def tune(data: str | Path, base_config: str | Path, out_path: str | Path, pipeli
                 if score > best * (1 + MIN_GAIN):
                     best, weights = score, grid_weights
             say(f"  best blend {weights or 'unchanged'}: validation ndcg@10 {best:.4f}")
+            for pipe in pipes:  # the grid left its last blend in place
+                pipe.scorer.params.weights = weights or configured
+            prior = _tune_prior(services, pipes, lists, pipeline, best, trials, say)
+            if prior is not None:
+                best = prior[2]
+                prior = prior[:2]
             service, (users, relevant) = services[0], lists[0]
             mmr_pipeline = mmr_pipeline or next(
                 (p for p, obj in service.state.config.pipelines.items() if mmr_stage(obj) is not None), None)
             if mmr_pipeline:
-                chosen_lambda = _tune_mmr(service, mmr_pipeline, weights, users, relevant, trials, say)
-    tuned = _apply(raw, config, pipeline, mmr_pipeline, weights, chosen_lambda)
+                chosen_lambda = _tune_mmr(service, mmr_pipeline, weights, users, relevant, trials, say, prior)
+    tuned = _apply(raw, config, pipeline, mmr_pipeline, weights, chosen_lambda, prior)
     header = (f"# Tuned by `hybridrec tune` from {base_config.name} on {Path(data).name}: validation "
               f"ndcg@10 {best:.4f} ({len(trials)} trials, seed {seed}).\n")
     Path(out_path).write_text(header + yaml.safe_dump(tuned, sort_keys=False, default_flow_style=None, width=110))
     return {"validation_ndcg@10": best, "training": config.to_dict(), "weights": weights,
-            "mmr_lambda": chosen_lambda, "trials": trials, "seconds": round(time.perf_counter() - started, 1)}
+            "prior": prior, "mmr_lambda": chosen_lambda, "trials": trials, "seconds": round(time.perf_counter() - started, 1)}
 
 
-def _tune_mmr(service, name: str, weights, users, relevant, trials: list, say) -> float | None:
+def _tune_prior(services, pipes, lists, pipeline: str, best: float, trials: list,
+                say) -> tuple[float, float, float] | None:
+    """The scorer's popularity prior (prior_weight, prior_items) with its validation ndcg@10, when
+    one beats the incumbent (the config's own prior, at the chosen blend) by MIN_GAIN; else None."""
+    params = pipes[0].scorer.params
+    if not hasattr(params, "prior_weight"):
+        return None
+    incumbent = (params.prior_weight, params.prior_items)
+    chosen = None
+    for weight, items in SEARCH_PRIOR:
+        if (weight, items) == incumbent or (weight == 0 and incumbent[0] == 0):
+            continue
+        scores = []
+        for service, pipe, (users, relevant) in zip(services, pipes, lists):
+            pipe.scorer.params.prior_weight, pipe.scorer.params.prior_items = weight, items
+            recs = recommend_all(service, pipeline, users, 10)
+            scores.append(metrics.ranking_metrics(recs, relevant, (10,))["ndcg@10"])
+        score = float(np.mean(scores))
+        trials.append({"trial": f"prior {weight} x exp(-n / {items:g})", "ndcg@10": round(score, 5)})
+        if score > best * (1 + MIN_GAIN):
+            best, chosen = score, (weight, items, score)
+    for pipe in pipes:  # what later steps (MMR) run with
+        pipe.scorer.params.prior_weight, pipe.scorer.params.prior_items = chosen[:2] if chosen else incumbent
+    say(f"  popularity prior {chosen[:2] if chosen else 'unchanged'}: validation ndcg@10 {best:.4f}")
+    return chosen
+
+
+def _tune_mmr(service, name: str, weights, users, relevant, trials: list, say,
+              prior: tuple[float, float] | None = None) -> float | None:
     pipe = service.state.config.pipelines[name]
     stage = mmr_stage(pipe)
     if weights is not None:
         pipe.scorer.params.weights = weights
+    if prior is not None and hasattr(pipe.scorer.params, "prior_weight"):
+        pipe.scorer.params.prior_weight, pipe.scorer.params.prior_items = prior
     stage.params.lambda_weight = 1.0
     base = metrics.ranking_metrics(recommend_all(service, name, users, 10), relevant, (10,))["ndcg@10"]
     chosen = 1.0
@@ -172,7 +211,7 @@ def _tune_mmr(service, name: str, weights, users, relevant, trials: list, say) -
 
 
 def _apply(raw: dict, config: TrainingConfig, pipeline: str, mmr_pipeline: str | None,
-           weights: dict | None, lam: float | None) -> dict:
+           weights: dict | None, lam: float | None, prior: tuple[float, float] | None = None) -> dict:
     tuned = copy.deepcopy(raw)
     tuned["training"] = config.to_dict()
     for name in {pipeline, mmr_pipeline} - {None}:
@@ -182,6 +221,8 @@ def _apply(raw: dict, config: TrainingConfig, pipeline: str, mmr_pipeline: str |
         scorer = spec.get("scorer")
         if weights is not None and isinstance(scorer, dict):
             scorer.setdefault("params", {})["weights"] = dict(weights)
+        if prior is not None and isinstance(scorer, dict):
+            scorer.setdefault("params", {}).update(prior_weight=prior[0], prior_items=prior[1])
         for entry in spec.get("rerankers") or []:
             if lam is not None and isinstance(entry, dict) and entry.get("plugin") == "mmr":
                 entry.setdefault("params", {})["lambda_weight"] = lam

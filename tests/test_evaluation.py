@@ -126,6 +126,10 @@ def test_tune_writes_a_config_train_and_serve_accept(demo_dir: Path, tmp_path: P
     assert config.collaborative.components == result["training"]["collaborative"]["components"]
     raw = yaml.safe_load(out.read_text())
     assert raw["pipelines"]["hybrid"]["rerankers"][0]["params"]["lambda_weight"] == result["mmr_lambda"]
+    assert any(t["trial"].startswith("prior ") for t in result["trials"])
+    if result["prior"]:
+        scorer = serving.pipelines["hybrid_no_mmr"].scorer.params
+        assert (scorer.prior_weight, scorer.prior_items) == tuple(result["prior"])
 
 
 def test_movielens_100k_hybrid_beats_its_baselines() -> None:
