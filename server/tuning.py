@@ -179,6 +179,7 @@ def _tune_prior(services, pipes, lists, pipeline: str, best: float, trials: list
             scores.append(metrics.ranking_metrics(recs, relevant, (10,))["ndcg@10"])
         score = float(np.mean(scores))
         trials.append({"trial": f"prior {weight} x exp(-n / {items:g})", "ndcg@10": round(score, 5)})
+        say(f"  {trials[-1]['trial']:<48} validation ndcg@10 {score:.4f}")
         if score > best * (1 + MIN_GAIN):
             best, chosen = score, (weight, items, score)
     for pipe in pipes:  # what later steps (MMR) run with
