@@ -26,7 +26,8 @@
  * from the start of the measured window (the scheduled time in open loop), int32 server time us,
  * int32 worker pid, int32 items in the answer, int32 status: gRPC status code, or -1 no status
  * read, -2 stream reset, -3 connection lost, -4 unanswered at the deadline, -5 not sent: too many
- * in flight). stdout gets one JSON line: calls sent, CPU seconds used over the measured window
+ * in flight), int32 degraded stages listed in the answer (e.g. `overload`: a fallback pipeline
+ * served it). stdout gets one JSON line: calls sent, CPU seconds used over the measured window
  * and its length.
  *
  * Build: gcc -O2 -o loadgen benchmarks/loadgen.c
@@ -58,7 +59,7 @@ typedef struct {
     double sent;        /* the same send time, kept */
     int conn;
     int done, counted;
-    int status, server_us, pid, items;
+    int status, server_us, pid, items, degraded;
     unsigned char *msg; /* response message bytes as they arrive (usually one DATA frame) */
     size_t msg_len;
 } Call;
@@ -217,10 +218,12 @@ static int decode_headers(const unsigned char *p, size_t len, Call *c) {
     return 0;
 }
 
-/* number of top-level field-1 entries (RecommendResponse.items) in a protobuf message */
-static int count_items(const unsigned char *p, size_t len) {
+/* number of top-level field-1 entries (RecommendResponse.items) in a protobuf message, and in
+ * *degraded the number of field-4 entries (RecommendResponse.degraded_stages) */
+static int count_items(const unsigned char *p, size_t len, int *degraded) {
     const unsigned char *end = p + len;
     int items = 0;
+    *degraded = 0;
     while (p < end) {
         uint64_t key = 0, v = 0;
         int shift = 0;
@@ -235,6 +238,7 @@ static int count_items(const unsigned char *p, size_t len) {
             if (v > (uint64_t)(end - p)) return -1;
             p += v;
             if ((key >> 3) == 1) items++;
+            else if ((key >> 3) == 4) (*degraded)++;
             break;
         default: return -1;
         }
@@ -262,7 +266,8 @@ static void finish(int idx, int status, double now) {
     if (c->done) return;
     c->done = 1;
     if (status != 0) c->status = status; /* else the grpc-status read from the trailers, if any */
-    c->items = c->msg ? (c->msg_len >= 5 ? count_items(c->msg + 5, c->msg_len - 5) : -1) : 0;
+    c->degraded = 0;
+    c->items = c->msg ? (c->msg_len >= 5 ? count_items(c->msg + 5, c->msg_len - 5, &c->degraded) : -1) : 0;
     free(c->msg);
     c->msg = NULL;
     c->scheduled = now - c->scheduled; /* from here on: latency, seconds */
@@ -650,9 +655,9 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < n_calls; i++) {
         if (!calls[i].counted) continue;
         float times[2] = {(float)(calls[i].scheduled * 1000.0), (float)(calls[i].sent - measure_from)};
-        int32_t rec[4] = {calls[i].server_us, calls[i].pid, calls[i].items, calls[i].status};
+        int32_t rec[5] = {calls[i].server_us, calls[i].pid, calls[i].items, calls[i].status, calls[i].degraded};
         fwrite(times, 4, 2, o);
-        fwrite(rec, 4, 4, o);
+        fwrite(rec, 4, 5, o);
         counted++;
     }
     fclose(o);

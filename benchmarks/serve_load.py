@@ -89,7 +89,7 @@ async def _load_main(conn, target, specs, k, pipeline, channels, timeout) -> Non
         server_us: list[int] = []
         pids: Counter[str] = Counter()
         errors: Counter[str] = Counter()
-        state = {"late": 0}
+        state = {"late": 0, "degraded": 0}
         t0 = loop.time() + max(0.0, start_at - time.time())
         measure_from, end = t0 + warmup, t0 + warmup + duration
 
@@ -106,6 +106,7 @@ async def _load_main(conn, target, specs, k, pipeline, channels, timeout) -> Non
                         errors["short_answer"] += 1
                         return
                     lat.append((done - sent) * 1000.0)
+                    state["degraded"] += bool(response.degraded_stages)
                     for key, value in metadata:
                         if key == SERVER_TIME_KEY:
                             server_us.append(int(value))
@@ -162,7 +163,7 @@ async def _load_main(conn, target, specs, k, pipeline, channels, timeout) -> Non
         spent = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system) if cpu0 else 0.0
         cpu = spent / max(loop.time() - measure_from, 1e-6)  # cores, over the window and any drain
         conn.send(("done", np.asarray(lat, dtype=np.float32), np.asarray(server_us, dtype=np.int64),
-                   dict(pids), dict(errors), cpu))
+                   dict(pids), dict(errors), cpu, state["degraded"]))
     for chan in chans:
         await chan.close()
 
@@ -297,8 +298,9 @@ def measure_window(server: ServerProcess, begin: float, duration: float) -> dict
 
 
 def level_result(mode: str, level: float, duration: float, lat_all: np.ndarray, server_us: np.ndarray,
-                 served: Counter, errors: Counter, client_cpu: float, window: dict) -> dict:
-    """One level's figures: latencies of the answered calls, errors by kind, CPU by whom."""
+                 served: Counter, errors: Counter, client_cpu: float, window: dict, degraded: int) -> dict:
+    """One level's figures: latencies of the answered calls, errors by kind, CPU by whom, and how
+    many answers listed a degraded stage (e.g. served by an overload fallback pipeline)."""
     srv_all = server_us.astype(np.float64) / 1000.0
     seconds = window["seconds"]
     return {
@@ -306,6 +308,7 @@ def level_result(mode: str, level: float, duration: float, lat_all: np.ndarray, 
         "throughput_rps": round(len(lat_all) / duration, 1),
         "latency_ms": percentiles(lat_all), "server_ms": percentiles(srv_all),
         "errors": int(sum(errors.values())), "error_kinds": dict(errors),
+        "degraded": degraded, "degraded_share": round(degraded / max(len(lat_all), 1), 4),
         "served_by_pid": dict(served),
         "cpu_cores": {"server": round(window["server"] / seconds, 2), "load_generator": round(client_cpu, 2),
                       "machine": round(window["machine"] / seconds, 2),
@@ -346,16 +349,17 @@ class LoadGenerators:
         for conn, share in active:
             conn.send(("run", mode, start_at, warmup, duration, share))
         window = measure_window(server, start_at + warmup, duration)
-        lat, srv, served, errors, client_cpu = [], [], Counter(), Counter(), 0.0
+        lat, srv, served, errors, client_cpu, degraded = [], [], Counter(), Counter(), 0.0, 0
         for conn, _ in active:
-            _, l, s, p, e, cpu = conn.recv()
+            _, l, s, p, e, cpu, d = conn.recv()
             lat.append(l)
             srv.append(s)
             served.update(p)
             errors.update(e)
             client_cpu += cpu
+            degraded += d
         return level_result(mode, level, duration, np.concatenate(lat), np.concatenate(srv), served, errors,
-                            client_cpu, window)
+                            client_cpu, window, degraded)
 
     def close(self) -> None:
         for conn in self.conns:
@@ -371,22 +375,26 @@ class LoadGenerators:
 
 LOADGEN_SOURCE = REPO / "benchmarks" / "loadgen.c"
 # one record per counted call, as benchmarks/loadgen.c writes them
-LOADGEN_RECORD = np.dtype([("ms", "<f4"), ("at_s", "<f4"), ("server_us", "<i4"), ("pid", "<i4"), ("items", "<i4"), ("status", "<i4")])
+LOADGEN_RECORD = np.dtype([("ms", "<f4"), ("at_s", "<f4"), ("server_us", "<i4"), ("pid", "<i4"), ("items", "<i4"),
+                           ("status", "<i4"), ("degraded", "<i4")])
 LOADGEN_FAILURES = {-1: "no_grpc_status", -2: "stream_reset", -3: "connection_lost", -4: "no_answer_by_deadline",
                     -5: "not_sent_too_many_in_flight"}
 
 
 def by_second(calls: np.ndarray) -> dict:
     """Latency by second of the measured window (by send time): is a bad p99 one stall or a
-    queue that kept growing? Seconds whose p99 is over 50 ms are listed with it."""
+    queue that kept growing? Seconds whose p99 is over 50 ms are listed with it, and the share of
+    each second's answers that listed a degraded stage."""
     second = np.floor(calls["at_s"]).astype(np.int64)
-    p99, worst = [], []
+    p99, worst, degraded = [], [], []
     for s in np.unique(second):
-        ms = calls["ms"][second == s]
+        in_second = second == s
+        ms = calls["ms"][in_second]
         p99.append(round(float(np.percentile(ms, 99)), 2))
         worst.append(round(float(ms.max()), 1))
+        degraded.append(round(float((calls["degraded"][in_second] > 0).mean()), 3))
     slow = [i for i, v in enumerate(p99) if v > 50.0]
-    return {"p99_ms": p99, "max_ms": worst, "seconds_over_50ms": slow}
+    return {"p99_ms": p99, "max_ms": worst, "seconds_over_50ms": slow, "degraded_share": degraded}
 
 
 def build_loadgen(out_dir: Path) -> Path:
@@ -446,7 +454,7 @@ class NativeGenerator:
         served = Counter({str(pid): int(n) for pid, n in zip(*np.unique(calls["pid"][ok], return_counts=True))})
         client_cpu = summary["cpu_seconds"] / max(summary["window_seconds"], 1e-6)
         result = level_result(mode, level, duration, calls["ms"][ok], calls["server_us"][ok].astype(np.int64), served,
-                              errors, client_cpu, window)
+                              errors, client_cpu, window, int((calls["degraded"][ok] > 0).sum()))
         result["by_second"] = by_second(calls[ok])
         return result
 
@@ -459,12 +467,13 @@ def fmt_row(label: str, workers: int, r: dict) -> list[str]:
     level = f"c={r['level']}" if r["mode"] == "closed" else f"rate={r['level']:g}/s"
     spread = "/".join(str(v) for v in sorted(r["served_by_pid"].values(), reverse=True))
     return [label, str(workers), level, f"{r['throughput_rps']:.0f}", f"{lat['p50']:.2f}", f"{lat['p95']:.2f}",
-            f"{lat['p99']:.2f}", f"{lat['max']:.1f}", str(r["errors"]), f"{srv['p50']:.2f}", f"{srv['p99']:.2f}",
+            f"{lat['p99']:.2f}", f"{lat['max']:.1f}", str(r["errors"]), f"{100 * r['degraded_share']:.1f}%",
+            f"{srv['p50']:.2f}", f"{srv['p99']:.2f}",
             spread, f"{cpu['server']:.2f}", f"{r['server_cpu_ms_per_request']:.2f}", f"{cpu['load_generator']:.2f}",
             f"{cpu['machine']:.2f}", f"{cpu.get('steal', 0.0):.2f}"]
 
 
-HEADER = ["model", "workers", "load", "req/s", "p50", "p95", "p99", "max", "errors", "srv p50", "srv p99",
+HEADER = ["model", "workers", "load", "req/s", "p50", "p95", "p99", "max", "errors", "degraded", "srv p50", "srv p99",
           "per pid", "cpu srv", "ms/req", "cpu gen", "cpu all", "steal"]
 
 
@@ -593,7 +602,8 @@ def main() -> int:
     report["machine"]["loadavg_after"] = loadavg()
     print()
     print(table(rows))
-    print("latency ms (client round trip; open loop: from the scheduled send time); srv = handler time in the "
+    print("latency ms (client round trip; open loop: from the scheduled send time); degraded = share of the "
+          "answers that listed a degraded stage (e.g. served by a `server.overload` fallback); srv = handler time in the "
           "server; per pid = requests each server process answered; cpu = cores used by the server processes "
           f"(ms/req: server CPU per request), the load generator, and the whole machine (of {os.cpu_count()}; "
           "beyond the first two, other work); steal = cores the hypervisor gave to other VMs while this one had work")

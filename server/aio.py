@@ -24,6 +24,7 @@ from hybridrec.v1 import recommender_pb2_grpc as pb_grpc
 
 from .errors import HybridrecError
 from .interceptors import call_metadata, error_status
+from .overload import OverloadGuard, loop_selector, new_event_loop
 from .service import RecommenderService, ServingState
 
 log = logging.getLogger("hybridrec")
@@ -77,6 +78,16 @@ async def serve_async(state: ServingState, address: str, service_name: str, stop
     if port == 0:
         raise HybridrecError(f"cannot listen on {address}")
     await server.start()
+    watcher = None
+    if state.config.overload.fallbacks:
+        loop = asyncio.get_running_loop()
+        selector = loop_selector(loop)
+        if selector is None:
+            log.warning("server.overload: this event loop does not measure its idle time (start it with "
+                        "run_async); overload protection is off")
+        else:
+            service.guard = OverloadGuard(state.config.overload, selector)
+            watcher = loop.create_task(service.guard.watch())
     for name in ("", service_name):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     if on_ready is not None:
@@ -87,3 +98,13 @@ async def serve_async(state: ServingState, address: str, service_name: str, stop
         on_stopping()
     await health_servicer.enter_graceful_shutdown()
     await server.stop(grace)
+    if watcher is not None:
+        watcher.cancel()
+        guard = service.guard
+        log.info("overload: %d episodes, %d calls served by a fallback", guard.episodes, guard.fallback_calls)
+
+
+def run_async(main: Any) -> Any:
+    """Run coroutine `main` on a new event loop that measures its idle time (`server.overload`)."""
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        return runner.run(main)

@@ -1,7 +1,6 @@
 """Building and running the gRPC server: Recommender, health checking and reflection."""
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import multiprocessing
@@ -88,6 +87,9 @@ def create_server(state: ServingState, address: str = "127.0.0.1:0", max_workers
         options=[("grpc.so_reuseport", 1 if reuse_port else 0)],
     )
     service = RecommenderService(state)
+    if state.config.overload.fallbacks:
+        log.warning("server.overload works with --io asyncio (it watches the event loop); "
+                    "ignored with --io threads")
     pb_grpc.add_RecommenderServicer_to_server(service, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -129,10 +131,10 @@ def serve(model_dir: str | Path, config_path: str | Path, host: str = "127.0.0.1
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     if io == "asyncio":
-        from .aio import serve_async
+        from .aio import run_async, serve_async
 
-        asyncio.run(serve_async(state, f"{host}:{port}", SERVICE_NAME, stop, grace,
-                                on_ready=lambda bound, _service: announce(bound)))
+        run_async(serve_async(state, f"{host}:{port}", SERVICE_NAME, stop, grace,
+                              on_ready=lambda bound, _service: announce(bound)))
     else:
         running = create_server(state, f"{host}:{port}", max_workers, faiss_threads=faiss_threads)
         announce(running.port)
@@ -242,10 +244,10 @@ def _worker_main(number: int, reserved: socket.socket, conn: Any, model_dir: Pat
         set_faiss_threads(faiss_threads)
         state = load_state(model_dir, config_path, mmap=True)
         if io == "asyncio":
-            from .aio import serve_async
+            from .aio import run_async, serve_async
 
-            asyncio.run(serve_async(state, address, SERVICE_NAME, stop, grace, reuse_port=True,
-                                    on_ready=ready, keep_going=supervised, on_stopping=stopping))
+            run_async(serve_async(state, address, SERVICE_NAME, stop, grace, reuse_port=True,
+                                  on_ready=ready, keep_going=supervised, on_stopping=stopping))
             return
         running = create_server(state, address, max_workers, reuse_port=True, faiss_threads=faiss_threads)
     except Exception as exc:  # reported by the supervisor, in one line

@@ -10,6 +10,7 @@ import numpy as np
 
 from .config import build_dataclass, load_yaml
 from .errors import ConfigError
+from .overload import OverloadSection
 from .plugin_manager import Plugins
 from .stages import (Candidates, CandidateSource, Filter, RequestContext, Reranker, Scorer, SourceResult, Stage,
                      sorted_unique)
@@ -129,12 +130,14 @@ class ServingConfig:
     max_k: int = 100
     path: str = ""
     raw: dict[str, Any] = field(default_factory=dict)
+    overload: OverloadSection = field(default_factory=OverloadSection)
 
 
 @dataclass
 class ServerSection:
     max_k: int = 100
     default_pipeline: str | None = None
+    overload: OverloadSection = field(default_factory=OverloadSection)
 
 
 def _stage_entries(value: Any, where: str, single: bool) -> list[dict[str, Any]]:
@@ -227,5 +230,6 @@ def load_serving_config(path: str | Path, plugins: Plugins) -> ServingConfig:
     default = server.default_pipeline or next(iter(pipelines))
     if default not in pipelines:
         raise ConfigError(f"{path}: server.default_pipeline {default!r} is not one of: {', '.join(pipelines)}")
+    server.overload.validate(f"{path}: server.overload", pipelines)
     plugins.pipelines_built(dict(pipelines))
-    return ServingConfig(pipelines, default, server.max_k, str(path), data)
+    return ServingConfig(pipelines, default, server.max_k, str(path), data, server.overload)

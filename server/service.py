@@ -15,6 +15,7 @@ from hybridrec.v1 import recommender_pb2_grpc as pb_grpc
 
 from .bundle import Model
 from .errors import InvalidArgument, NotFound
+from .overload import OVERLOAD_STAGE, OverloadGuard
 from .pipeline import PipelineResult, ServingConfig
 from .stages import RequestContext
 
@@ -52,6 +53,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
     def __init__(self, state: ServingState) -> None:
         self._state = state
         self._lock = threading.Lock()
+        self.guard: OverloadGuard | None = None  # set by the asyncio server with `server.overload`
 
     @property
     def state(self) -> ServingState:
@@ -71,6 +73,13 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         pipeline = config.pipelines.get(name)
         if pipeline is None:
             raise InvalidArgument(f"pipeline: unknown pipeline {name!r}; available: {', '.join(config.pipelines)}")
+        fallback = None
+        guard = self.guard
+        if guard is not None and guard.active:  # saturated: the cheaper pipeline, if it has one
+            fallback = config.overload.fallbacks.get(name)
+            if fallback is not None:
+                guard.fallback_calls += 1
+                name, pipeline = fallback, config.pipelines[fallback]
         model = state.model
         ctx = RequestContext(
             model=model,
@@ -82,7 +91,10 @@ class RecommenderService(pb_grpc.RecommenderServicer):
             explain=request.explain,
             deadline=deadline,
         )
-        return pipeline.run(ctx), ctx, name
+        result = pipeline.run(ctx)
+        if fallback is not None:
+            result.degraded.insert(0, OVERLOAD_STAGE)
+        return result, ctx, name
 
     def Recommend(self, request: pb.RecommendRequest, context: grpc.ServicerContext) -> pb.RecommendResponse:
         remaining = context.time_remaining()

@@ -67,6 +67,7 @@ def test_open_loop_reads_status_items_and_server_metadata(loadgen: Path, running
     assert (calls["items"][bad] == 0).all()
     assert (calls["pid"] == os.getpid()).all()  # the in-process server's pid, from its trailing metadata
     assert (calls["server_us"][~bad] > 0).all()
+    assert (calls["degraded"] == 0).all()
     assert (calls["ms"] > 0).all() and (calls["ms"] < 5000).all()
     # send times: the schedule, 10 ms apart, from the start of the measured second
     assert np.allclose(calls["at_s"], np.arange(100) * 0.01, atol=1e-3)
@@ -82,6 +83,26 @@ def test_closed_loop_keeps_calls_in_flight_and_counts_results(loadgen: Path, run
     assert summary["sent"] > summary["counted"]  # the warm-up's calls are not counted
     assert (calls["status"] == 0).all() and (calls["items"] == 4).all()
     assert summary["window_seconds"] >= 0.5 and summary["cpu_seconds"] >= 0.0
+
+
+def test_degraded_answers_are_counted(loadgen: Path, running_server, demo_model: Path, tmp_path: Path,
+                                       serve_load, monkeypatch: pytest.MonkeyPatch) -> None:
+    users = np.load(demo_model / "user_ids.npy")
+    write_requests(tmp_path / "requests.bin", [pb.RecommendRequest(user_id=str(u), k=4) for u in users[:10]])
+    pipeline = running_server.service.state.config.pipelines["hybrid"]
+    for source in ("content", "popularity"):  # two failing sources: two degraded stages per answer
+        stage = next(s for s in pipeline.sources if s.name == source)
+
+        def explode(ctx):
+            raise RuntimeError("boom")
+
+        monkeypatch.setattr(stage, "generate", explode)
+    _, calls = run_loadgen(loadgen, running_server.port, tmp_path / "requests.bin", tmp_path / "calls.bin",
+                           "--mode", "closed", "--level", "2", "--duration", "0.3")
+    assert calls.shape[0] > 0 and (calls["status"] == 0).all() and (calls["items"] == 4).all()
+    assert (calls["degraded"] == 2).all()
+    result = serve_load.by_second(calls)
+    assert result["degraded_share"] == [1.0]
 
 
 def test_a_server_that_is_not_there_is_a_clear_failure(loadgen: Path, tmp_path: Path) -> None:

@@ -1,0 +1,133 @@
+"""Overload protection for the asyncio server: a cheaper pipeline while the process is saturated.
+
+A worker that receives more calls than its share of the CPU can answer does not fail: its
+backlog waits inside gRPC core, every call gets slower, and the backlog stays until the load
+drops. That is how a full pipeline turns a slow minute of the host into seconds of latency.
+
+With `server.overload.fallbacks` set (e.g. `{hybrid: cf}`), each asyncio worker watches how much
+of the time its event loop waits for work, from the loop's own selector. An idle share that
+stays below `enter_idle` means the loop is never waiting: calls are queueing. From then until the
+idle share climbs back above `leave_idle`, calls for a pipeline named in `fallbacks` run the
+fallback pipeline instead; the answer names the pipeline that ran and lists `overload` among its
+degraded stages, so callers and dashboards can count them. Pipelines without a fallback, and
+every call while the loop has idle time, are served as asked.
+
+The idle share cannot see a backlog directly (gRPC core holds it, not the event loop), but it
+sees the cause: a loop that never blocks in its selector has more work than time. A process
+that the kernel does not schedule is not idle either, so a host that slows down under a fixed
+load shows up the same way.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import selectors
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+
+log = logging.getLogger("hybridrec")
+
+OVERLOAD_STAGE = "overload"  # the degraded-stage name of an answer served by a fallback
+
+
+@dataclass
+class OverloadSection:
+    """`server.overload`: no fallbacks, no protection."""
+
+    fallbacks: dict[str, str] = field(default_factory=dict)  # pipeline -> cheaper pipeline
+    enter_idle: float = 0.05  # serve fallbacks once the smoothed idle share falls below this
+    leave_idle: float = 0.15  # and stop once it rises above this
+    sample_ms: float = 20.0  # how often the idle share is sampled
+    smoothing: float = 0.3  # weight in the moving average of one sample_ms of new readings
+
+    def validate(self, where: str, pipelines: dict[str, Any]) -> None:
+        names = ", ".join(pipelines)
+        for source, fallback in self.fallbacks.items():
+            if source not in pipelines:
+                raise ConfigError(f"{where}.fallbacks: {source!r} is not a pipeline; valid: {names}")
+            if fallback not in pipelines:
+                raise ConfigError(f"{where}.fallbacks.{source}: {fallback!r} is not a pipeline; valid: {names}")
+            if fallback == source:
+                raise ConfigError(f"{where}.fallbacks.{source}: a pipeline cannot be its own fallback")
+        if not 0.0 <= self.enter_idle < self.leave_idle <= 1.0:
+            raise ConfigError(f"{where}: needs 0 <= enter_idle < leave_idle <= 1, got enter_idle {self.enter_idle} "
+                              f"and leave_idle {self.leave_idle}")
+        if self.sample_ms <= 0:
+            raise ConfigError(f"{where}.sample_ms: must be > 0, got {self.sample_ms}")
+        if not 0.0 < self.smoothing <= 1.0:
+            raise ConfigError(f"{where}.smoothing: must be in (0, 1], got {self.smoothing}")
+
+
+class IdleSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-type]
+    """The platform's default selector, adding up the time `select` spends waiting."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.idle_seconds = 0.0
+
+    def select(self, timeout: float | None = None) -> list:
+        started = time.perf_counter()
+        try:
+            return super().select(timeout)
+        finally:
+            self.idle_seconds += time.perf_counter() - started
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """An asyncio event loop whose selector is an `IdleSelector` (read back by `loop_selector`)."""
+    selector = IdleSelector()
+    loop = asyncio.SelectorEventLoop(selector)
+    loop.hybridrec_selector = selector  # type: ignore[attr-defined]
+    return loop
+
+
+def loop_selector(loop: asyncio.AbstractEventLoop) -> IdleSelector | None:
+    return getattr(loop, "hybridrec_selector", None)
+
+
+class OverloadGuard:
+    """Whether this process is saturated, by a moving average of its event loop's idle share."""
+
+    def __init__(self, section: OverloadSection, selector: IdleSelector) -> None:
+        self.section = section
+        self.selector = selector
+        self.idle_share = 1.0
+        self.active = False
+        self.episodes = 0  # times the guard switched on
+        self.fallback_calls = 0  # calls served by a fallback (counted by the servicer)
+        self._logged_at = float("-inf")
+
+    def update(self, idle_share: float, seconds: float, now: float) -> bool:
+        """Fold in the idle share of the last `seconds`; returns whether fallbacks are on.
+
+        The weight grows with the time the reading covers: a busy loop wakes its sampler late,
+        and one late reading then counts for every period it spans."""
+        section = self.section
+        periods = seconds / (section.sample_ms / 1000.0)
+        weight = 1.0 - (1.0 - section.smoothing) ** max(periods, 0.0)
+        self.idle_share += weight * (idle_share - self.idle_share)
+        if not self.active and self.idle_share < section.enter_idle:
+            self.active = True
+            self.episodes += 1
+            if now - self._logged_at >= 10.0:  # at most one line per 10 s however often it flips
+                self._logged_at = now
+                log.warning("overload: event loop idle %.0f%% of the time; serving fallbacks %s "
+                            "(%d episodes, %d calls served by a fallback so far)", 100 * self.idle_share,
+                            section.fallbacks, self.episodes, self.fallback_calls)
+        elif self.active and self.idle_share > section.leave_idle:
+            self.active = False
+        return self.active
+
+    async def watch(self) -> None:
+        """Sample the idle share every `sample_ms` until cancelled."""
+        period = self.section.sample_ms / 1000.0
+        last_time, last_idle = time.perf_counter(), self.selector.idle_seconds
+        while True:
+            await asyncio.sleep(period)
+            now, idle = time.perf_counter(), self.selector.idle_seconds
+            seconds = max(now - last_time, 1e-9)
+            self.update(min((idle - last_idle) / seconds, 1.0), seconds, now)
+            last_time, last_idle = now, idle
