@@ -219,6 +219,22 @@ class ServerProcess:
         return self.proc.returncode
 
 
+OVERLOAD_SUMMARY = re.compile(r"overload: \d+ episodes; calls served by fallbacks: (.*)$")
+
+
+def fallback_calls(lines: list[str]) -> dict[str, int]:
+    """Calls each `server.overload` fallback pipeline served, summed over the workers' last log
+    lines (over the server's whole run, every level)."""
+    served: Counter[str] = Counter()
+    for line in lines:
+        match = OVERLOAD_SUMMARY.search(line.rstrip())
+        if match and match.group(1) != "none":
+            for part in match.group(1).split(", "):
+                name, count = part.rsplit(" ", 1)
+                served[name] += int(count)
+    return dict(served)
+
+
 def proc_cpu_seconds(pid: int) -> float:
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -588,8 +604,10 @@ def main() -> int:
                 run["memory_kb_idle"] = memory_idle
                 run["memory_kb_after_load"] = {str(p): memory_kb(p) for p in server.all_pids()}
                 code = server.stop()
+                server.reader.join(5)
                 run["stop_exit_code"] = code
                 run["stderr_tail"] = "".join(server.lines[-5:])
+                run["overload_fallback_calls"] = fallback_calls(server.lines)
             after = run["memory_kb_after_load"]
             workers_only = [m for p, m in after.items() if int(p) != server.proc.pid or workers == 1]
             run["rss_mb_workers"] = round(sum(m.get("VmRSS", 0) for m in workers_only) / 1024, 1)

@@ -100,8 +100,7 @@ async def serve_async(state: ServingState, address: str, service_name: str, stop
     await server.stop(grace)
     if watcher is not None:
         watcher.cancel()
-        guard = service.guard
-        log.info("overload: %d episodes, %d calls served by a fallback", guard.episodes, guard.fallback_calls)
+        log.info("%s", service.guard.summary())
 
 
 def run_async(main: Any) -> Any:

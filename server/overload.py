@@ -5,17 +5,20 @@ backlog waits inside gRPC core, every call gets slower, and the backlog stays un
 drops. That is how a full pipeline turns a slow minute of the host into seconds of latency.
 
 With `server.overload.fallbacks` set (e.g. `{hybrid: cf}`), each asyncio worker watches how much
-of the time its event loop waits for work, from the loop's own selector. An idle share that
-stays below `enter_idle` means the loop is never waiting: calls are queueing. From then until the
-idle share climbs back above `leave_idle`, calls for a pipeline named in `fallbacks` run the
-fallback pipeline instead; the answer names the pipeline that ran and lists `overload` among its
-degraded stages, so callers and dashboards can count them. Pipelines without a fallback, and
-every call while the loop has idle time, are served as asked.
+of the time its event loop waits for work in its selector. An idle share that stays below
+`enter_idle` means the loop is never waiting: calls are queueing. From then until the idle share
+climbs back above `leave_idle`, calls for a pipeline named in `fallbacks` run its fallback
+instead; the answer names the pipeline that ran and lists `overload` among its degraded stages,
+so callers and dashboards can count them. Pipelines without a fallback, and every call while
+the loop has idle time, are served as asked.
+
+Fallbacks may chain (`{hybrid: cf, cf: popularity}`): a ladder. If the idle share stays below
+`enter_idle` for `escalate_ms` while fallbacks are served, the worker goes one step further
+down the ladder; each time the idle share rises above `leave_idle` it comes one step back up.
 
 The idle share cannot see a backlog directly (gRPC core holds it, not the event loop), but it
-sees the cause: a loop that never blocks in its selector has more work than time. A process
-that the kernel does not schedule is not idle either, so a host that slows down under a fixed
-load shows up the same way.
+sees the cause: a loop that never waits for work has more work than time, whether it is running
+or blocked in a handler. A host that slows down under a fixed load shows up the same way.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ import asyncio
 import logging
 import selectors
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +46,7 @@ class OverloadSection:
     leave_idle: float = 0.15  # and stop once it rises above this
     sample_ms: float = 20.0  # how often the idle share is sampled
     smoothing: float = 0.3  # weight in the moving average of one sample_ms of new readings
+    escalate_ms: float = 500.0  # still saturated this long on a fallback: one more step down the ladder
 
     def validate(self, where: str, pipelines: dict[str, Any]) -> None:
         names = ", ".join(pipelines)
@@ -52,6 +57,13 @@ class OverloadSection:
                 raise ConfigError(f"{where}.fallbacks.{source}: {fallback!r} is not a pipeline; valid: {names}")
             if fallback == source:
                 raise ConfigError(f"{where}.fallbacks.{source}: a pipeline cannot be its own fallback")
+            seen, step = [source], fallback
+            while step is not None:  # a ladder goes down, never round
+                if step in seen:
+                    raise ConfigError(f"{where}.fallbacks.{source}: the fallbacks go round in a circle: "
+                                      f"{' -> '.join([*seen, step])}")
+                seen.append(step)
+                step = self.fallbacks.get(step)
         if not 0.0 <= self.enter_idle < self.leave_idle <= 1.0:
             raise ConfigError(f"{where}: needs 0 <= enter_idle < leave_idle <= 1, got enter_idle {self.enter_idle} "
                               f"and leave_idle {self.leave_idle}")
@@ -59,6 +71,29 @@ class OverloadSection:
             raise ConfigError(f"{where}.sample_ms: must be > 0, got {self.sample_ms}")
         if not 0.0 < self.smoothing <= 1.0:
             raise ConfigError(f"{where}.smoothing: must be in (0, 1], got {self.smoothing}")
+        if self.escalate_ms <= 0:
+            raise ConfigError(f"{where}.escalate_ms: must be > 0, got {self.escalate_ms}")
+
+    def depth(self) -> int:
+        """Steps in the longest ladder of fallbacks."""
+        longest = 0
+        for source in self.fallbacks:
+            steps, step = 0, source
+            while step in self.fallbacks and steps <= len(self.fallbacks):
+                step, steps = self.fallbacks[step], steps + 1
+            longest = max(longest, steps)
+        return longest
+
+    def resolve(self, pipeline: str, level: int) -> str | None:
+        """The pipeline `level` steps down the ladder from `pipeline` (fewer when the ladder is
+        shorter), or None when `pipeline` has no fallback."""
+        served = pipeline
+        for _ in range(level):
+            step = self.fallbacks.get(served)
+            if step is None:
+                break
+            served = step
+        return None if served == pipeline else served
 
 
 class IdleSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-type]
@@ -89,19 +124,26 @@ def loop_selector(loop: asyncio.AbstractEventLoop) -> IdleSelector | None:
 
 
 class OverloadGuard:
-    """Whether this process is saturated, by a moving average of its event loop's idle share."""
+    """How far down the fallback ladder this process is, by a moving average of its event
+    loop's idle share: 0 while it has idle time."""
 
     def __init__(self, section: OverloadSection, selector: IdleSelector) -> None:
         self.section = section
         self.selector = selector
         self.idle_share = 1.0
-        self.active = False
-        self.episodes = 0  # times the guard switched on
-        self.fallback_calls = 0  # calls served by a fallback (counted by the servicer)
+        self.level = 0
+        self.depth = max(1, section.depth())
+        self.saturated_for = 0.0  # seconds below enter_idle without a break, since the level last changed
+        self.episodes = 0  # times fallbacks started
+        self.fallback_calls: Counter[str] = Counter()  # calls served by each fallback (counted by the servicer)
         self._logged_at = float("-inf")
 
-    def update(self, idle_share: float, seconds: float, now: float) -> bool:
-        """Fold in the idle share of the last `seconds`; returns whether fallbacks are on.
+    @property
+    def active(self) -> bool:
+        return self.level > 0
+
+    def update(self, idle_share: float, seconds: float, now: float) -> int:
+        """Fold in the idle share of the last `seconds`; returns the level (0: serve as asked).
 
         The weight grows with the time the reading covers: a busy loop wakes its sampler late,
         and one late reading then counts for every period it spans."""
@@ -109,17 +151,32 @@ class OverloadGuard:
         periods = seconds / (section.sample_ms / 1000.0)
         weight = 1.0 - (1.0 - section.smoothing) ** max(periods, 0.0)
         self.idle_share += weight * (idle_share - self.idle_share)
-        if not self.active and self.idle_share < section.enter_idle:
-            self.active = True
+        if self.idle_share < section.enter_idle:
+            if self.level == 0:
+                self._step(1, now)
+            else:
+                self.saturated_for += seconds
+                if self.saturated_for * 1000.0 >= section.escalate_ms and self.level < self.depth:
+                    self._step(self.level + 1, now)
+        else:
+            self.saturated_for = 0.0  # escalation needs saturation without a break
+            if self.idle_share > section.leave_idle and self.level > 0:
+                self._step(self.level - 1, now)
+        return self.level
+
+    def _step(self, level: int, now: float) -> None:
+        if self.level == 0:
             self.episodes += 1
-            if now - self._logged_at >= 10.0:  # at most one line per 10 s however often it flips
-                self._logged_at = now
-                log.warning("overload: event loop idle %.0f%% of the time; serving fallbacks %s "
-                            "(%d episodes, %d calls served by a fallback so far)", 100 * self.idle_share,
-                            section.fallbacks, self.episodes, self.fallback_calls)
-        elif self.active and self.idle_share > section.leave_idle:
-            self.active = False
-        return self.active
+        self.level, self.saturated_for = level, 0.0
+        if level and now - self._logged_at >= 10.0:  # at most one line per 10 s however often it moves
+            self._logged_at = now
+            log.warning("overload: event loop idle %.0f%% of the time; fallbacks %s at level %d "
+                        "(%d episodes, %d calls served by a fallback so far)", 100 * self.idle_share,
+                        self.section.fallbacks, level, self.episodes, sum(self.fallback_calls.values()))
+
+    def summary(self) -> str:
+        served = ", ".join(f"{name} {count}" for name, count in sorted(self.fallback_calls.items())) or "none"
+        return f"overload: {self.episodes} episodes; calls served by fallbacks: {served}"
 
     async def watch(self) -> None:
         """Sample the idle share every `sample_ms` until cancelled."""

@@ -75,10 +75,10 @@ class RecommenderService(pb_grpc.RecommenderServicer):
             raise InvalidArgument(f"pipeline: unknown pipeline {name!r}; available: {', '.join(config.pipelines)}")
         fallback = None
         guard = self.guard
-        if guard is not None and guard.active:  # saturated: the cheaper pipeline, if it has one
-            fallback = config.overload.fallbacks.get(name)
+        if guard is not None and guard.level:  # saturated: a cheaper pipeline, if it has one
+            fallback = config.overload.resolve(name, guard.level)
             if fallback is not None:
-                guard.fallback_calls += 1
+                guard.fallback_calls[fallback] += 1
                 name, pipeline = fallback, config.pipelines[fallback]
         model = state.model
         ctx = RequestContext(

@@ -117,3 +117,15 @@ def test_a_server_that_is_not_there_is_a_clear_failure(loadgen: Path, tmp_path: 
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert done.stderr.startswith("loadgen: connect:") and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_fallback_calls_are_summed_from_the_workers_last_log_lines(serve_load) -> None:
+    from hybridrec.server.overload import IdleSelector, OverloadGuard, OverloadSection
+
+    guards = [OverloadGuard(OverloadSection(fallbacks={"hybrid": "cf_prior", "cf_prior": "popularity"}), IdleSelector())
+              for _ in range(3)]
+    guards[0].fallback_calls.update({"cf_prior": 10, "popularity": 2})
+    guards[1].fallback_calls.update({"cf_prior": 5})  # the third served none
+    lines = [f"2026-11-28 02:00:00,000 INFO hybridrec: {g.summary()}\n" for g in guards] + ["stopped\n"]
+    assert serve_load.fallback_calls(lines) == {"cf_prior": 15, "popularity": 2}
+    assert serve_load.fallback_calls(["stopped\n"]) == {}
