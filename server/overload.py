@@ -12,9 +12,9 @@ instead; the answer names the pipeline that ran and lists `overload` among its d
 so callers and dashboards can count them. Pipelines without a fallback, and every call while
 the loop has idle time, are served as asked.
 
-Fallbacks may chain (`{hybrid: cf, cf: popularity}`): a ladder. If the idle share stays below
-`enter_idle` for `escalate_ms` while fallbacks are served, the worker goes one step further
-down the ladder; each time the idle share rises above `leave_idle` it comes one step back up.
+Fallbacks may chain (`{hybrid: cf, cf: popularity}`): a ladder. If a step does not bring the
+idle share back above `leave_idle` within `escalate_ms`, the worker goes one step further down
+the ladder; each time the idle share rises above `leave_idle` it comes one step back up.
 
 The idle share cannot see a backlog directly (gRPC core holds it, not the event loop), but it
 sees the cause: a loop that never waits for work has more work than time, whether it is running
@@ -46,7 +46,7 @@ class OverloadSection:
     leave_idle: float = 0.15  # and stop once it rises above this
     sample_ms: float = 20.0  # how often the idle share is sampled
     smoothing: float = 0.3  # weight in the moving average of one sample_ms of new readings
-    escalate_ms: float = 500.0  # still saturated this long on a fallback: one more step down the ladder
+    escalate_ms: float = 500.0  # a step that has not restored idle time after this long: one more step down
 
     def validate(self, where: str, pipelines: dict[str, Any]) -> None:
         names = ", ".join(pipelines)
@@ -133,7 +133,7 @@ class OverloadGuard:
         self.idle_share = 1.0
         self.level = 0
         self.depth = max(1, section.depth())
-        self.saturated_for = 0.0  # seconds below enter_idle without a break, since the level last changed
+        self.saturated_for = 0.0  # seconds on this step without the idle share rising above leave_idle
         self.episodes = 0  # times fallbacks started
         self.fallback_calls: Counter[str] = Counter()  # calls served by each fallback (counted by the servicer)
         self._logged_at = float("-inf")
@@ -151,17 +151,15 @@ class OverloadGuard:
         periods = seconds / (section.sample_ms / 1000.0)
         weight = 1.0 - (1.0 - section.smoothing) ** max(periods, 0.0)
         self.idle_share += weight * (idle_share - self.idle_share)
-        if self.idle_share < section.enter_idle:
-            if self.level == 0:
+        if self.level == 0:
+            if self.idle_share < section.enter_idle:
                 self._step(1, now)
-            else:
-                self.saturated_for += seconds
-                if self.saturated_for * 1000.0 >= section.escalate_ms and self.level < self.depth:
-                    self._step(self.level + 1, now)
-        else:
-            self.saturated_for = 0.0  # escalation needs saturation without a break
-            if self.idle_share > section.leave_idle and self.level > 0:
-                self._step(self.level - 1, now)
+        elif self.idle_share > section.leave_idle:
+            self._step(self.level - 1, now)
+        else:  # still short of idle time on this step: after escalate_ms, one step further down
+            self.saturated_for += seconds
+            if self.saturated_for * 1000.0 >= section.escalate_ms and self.level < self.depth:
+                self._step(self.level + 1, now)
         return self.level
 
     def _step(self, level: int, now: float) -> None:
