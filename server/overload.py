@@ -44,7 +44,7 @@ class OverloadSection:
     fallbacks: dict[str, str] = field(default_factory=dict)  # pipeline -> cheaper pipeline
     enter_idle: float = 0.05  # serve fallbacks once the smoothed idle share falls below this
     leave_idle: float = 0.15  # and stop once it rises above this
-    sample_ms: float = 20.0  # how often the idle share is sampled
+    sample_ms: float = 10.0  # how often the idle share is sampled
     smoothing: float = 0.3  # weight in the moving average of one sample_ms of new readings
     escalate_ms: float = 500.0  # a step that has not restored idle time after this long: one more step down
 
