@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import faiss
 import numpy as np
 
 from hybridrec.server.hookspecs import hookimpl
+from hybridrec.server.indexes import OVERFETCH_MAX_EXCLUDED, faiss_search  # noqa: F401 (re-exported)
 from hybridrec.server.stages import CandidateSource, RequestContext, SourceResult, in_sorted, sorted_unique
 
 EVENT_VERBS = {
@@ -18,62 +18,6 @@ EVENT_VERBS = {
     "message": "asked about",
     "search": "searched for",
 }
-
-
-def _search_params(index, selector):
-    # Parameters passed to a search replace the index's own, so carry its settings over.
-    if isinstance(index, faiss.IndexPreTransform):  # e.g. the MIPS transform of large bundles
-        inner = _search_params(faiss.downcast_index(index.index), selector)
-        params = faiss.SearchParametersPreTransform()
-        params.index_params = inner
-        params.inner_ref = inner  # the C++ struct holds a bare pointer: keep the object alive
-        return params
-    if isinstance(index, faiss.IndexHNSW):
-        return faiss.SearchParametersHNSW(sel=selector, efSearch=index.hnsw.efSearch)
-    if isinstance(index, faiss.IndexIVF):
-        return faiss.SearchParametersIVF(sel=selector, nprobe=index.nprobe, max_codes=index.max_codes)
-    return faiss.SearchParameters(sel=selector)
-
-
-# Up to this many exclusions, a search over-fetches k + len(excluded) results and drops the
-# excluded ones; past it, they go into the search as an ID selector. Building a selector and
-# its search parameters costs ~45 us of Python per search (more than the whole IVF search of
-# a 1M-item catalogue), while a result heap a few hundred longer costs almost nothing.
-OVERFETCH_MAX_EXCLUDED = 512
-
-
-def faiss_search(index, queries: np.ndarray, k: int, excluded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Search `index` for k results per query that are not in `excluded`.
-
-    A short exclusion list (a typical user's history) is applied to an over-fetched result
-    list; a long one goes into the search as a FAISS ID selector, so a heavy user's history
-    costs a hash lookup per visited vector instead of a k + len(history) result heap. Index
-    types that do not take selectors are over-fetched whatever the length. Either way each row
-    holds the best k results not excluded, best first; labels may contain -1 padding, which
-    callers drop.
-    """
-    queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, index.d)
-    n_excluded = excluded.shape[0]
-    if n_excluded > OVERFETCH_MAX_EXCLUDED:
-        inner = faiss.IDSelectorBatch(excluded)
-        selector = faiss.IDSelectorNot(inner)
-        try:
-            return index.search(queries, max(1, min(k, index.ntotal)), params=_search_params(index, selector))
-        except RuntimeError:  # e.g. an index type without selector support
-            pass
-    scores, labels = index.search(queries, max(1, min(k + n_excluded, index.ntotal)))
-    if n_excluded == 0:
-        return scores, labels
-    valid = labels >= 0
-    valid &= ~in_sorted(labels.ravel(), np.sort(excluded)).reshape(labels.shape)
-    if labels.shape[0] == 1:  # one query: the first k kept results
-        keep = np.flatnonzero(valid[0])[:k]
-        return scores[:, keep], labels[:, keep]
-    order = np.argsort(~valid, axis=1, kind="stable")[:, :k]  # kept results first, in rank order
-    rows = np.arange(labels.shape[0])[:, None]
-    labels = labels[rows, order]
-    labels[~valid[rows, order]] = -1
-    return scores[rows, order], labels
 
 
 def user_cf_vector(ctx: RequestContext, context_weight: float) -> np.ndarray | None:
@@ -96,7 +40,14 @@ def user_cf_vector(ctx: RequestContext, context_weight: float) -> np.ndarray | N
 
 
 class FaissCF(CandidateSource):
-    """Nearest items to the user's collaborative (SVD) vector by inner product."""
+    """Nearest items to the user's collaborative (SVD) vector by inner product.
+
+    When the bundle stores each training user's best items (`collaborative.user_candidates`),
+    a request of a known user without context items, whose exclusions are exactly the user's
+    history, reads its first `n` from there: the same items and scores the index search finds,
+    without the search. Other requests (context items, `exclude_item_ids`, new users, `n` above
+    the stored width) search the index, as does `lookup: index`.
+    """
 
     plugin_name = "faiss_cf"
 
@@ -104,14 +55,36 @@ class FaissCF(CandidateSource):
     class Params:
         n: int = 200  # candidates to return
         context_weight: float = 1.0  # weight of each context item when folded into the vector
+        lookup: str = "auto"  # auto: the bundle's stored per-user candidates where they apply; index: search
 
     def validate(self) -> None:
         if self.params.n < 1:
             raise ValueError("n must be >= 1")
         if self.params.context_weight < 0:
             raise ValueError("context_weight must be >= 0")
+        if self.params.lookup not in ("auto", "index"):
+            raise ValueError("lookup must be one of: auto, index")
+
+    def stored(self, ctx: RequestContext) -> SourceResult | None:
+        """The user's stored candidates, or None when the request needs a search."""
+        table = ctx.model.cf_user_items
+        if (table is None or self.params.lookup != "auto" or ctx.user < 0 or ctx.context_items.shape[0]
+                or self.params.n > table.shape[1]):
+            return None
+        row = table[ctx.user, : self.params.n]
+        if row[0] < 0:  # no CF vector, or nothing left to find: the search path decides
+            return None
+        excluded, seen = ctx.excluded(), ctx.history()[0]
+        if excluded.shape[0] != seen.shape[0] or not np.array_equal(excluded, seen):
+            return None  # the stored rows exclude the history, and only the history
+        if row[-1] < 0:
+            row = row[row >= 0]
+        return SourceResult(row.astype(np.int64), ctx.model.cf_user_scores[ctx.user, : row.shape[0]])
 
     def generate(self, ctx: RequestContext) -> SourceResult | None:
+        found = self.stored(ctx)
+        if found is not None:
+            return found
         vector = user_cf_vector(ctx, self.params.context_weight)
         if vector is None:
             return None

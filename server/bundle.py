@@ -53,7 +53,7 @@ ARRAYS: dict[str, int] = {
 # Saved by current training; computed at load when an older bundle lacks them.
 OPTIONAL_ARRAYS: dict[str, int] = {"user_order": 1, "item_order": 1}
 # Saved only when the training config asks for them.
-EXTRA_ARRAYS: dict[str, int] = {"content_neighbours": 2}
+EXTRA_ARRAYS: dict[str, int] = {"content_neighbours": 2, "cf_user_items": 2, "cf_user_scores": 2}
 INDEXES = ("cf", "content")
 MMAP_MIN_BYTES = 16 << 20  # with mmap=None, arrays from this size up are memory-mapped
 HASH_THREADS = 4
@@ -149,6 +149,10 @@ class Model:
     item_item: sp.csr_matrix = field(repr=False)
     # (items x k) nearest content neighbours, -1 padded; None when training did not store them
     content_neighbours: np.ndarray | None = field(default=None, repr=False)
+    # (users x k) each training user's best CF items, history excluded, -1 padded, and their
+    # scores; None when training did not store them (`collaborative.user_candidates`)
+    cf_user_items: np.ndarray | None = field(default=None, repr=False)
+    cf_user_scores: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def version(self) -> str:
@@ -322,6 +326,13 @@ def load_model(model_dir: str | Path, verify_checksums: bool = True, mmap: bool 
                                    or (neighbours.size and (int(neighbours.max()) >= item_ids.shape[0]
                                                             or int(neighbours.min()) < -1))):
         raise BundleError(f"model bundle {model_dir} is corrupt: content_neighbours does not match the other arrays")
+    cf_items, cf_scores = arrays.pop("cf_user_items", None), arrays.pop("cf_user_scores", None)
+    if (cf_items is None) != (cf_scores is None) or (cf_items is not None and (
+            cf_items.shape[0] != user_ids.shape[0] or cf_items.shape != cf_scores.shape
+            or cf_items.dtype.kind not in "iu" or cf_scores.dtype.kind != "f")):
+        # shapes and types only: a range check would read the whole table at every start
+        raise BundleError(f"model bundle {model_dir} is corrupt: cf_user_items and cf_user_scores do not match "
+                          "the other arrays")
     for name, order, ids in (("user_order", user_order, user_ids), ("item_order", item_order, item_ids)):
         if order is not None and (order.shape[0] != ids.shape[0]
                                   or (order.shape[0] and (int(order.min()) < 0 or int(order.max()) >= ids.shape[0]))):
@@ -341,6 +352,8 @@ def load_model(model_dir: str | Path, verify_checksums: bool = True, mmap: bool 
         # Stable sort: ties keep catalogue order, so popularity results are deterministic.
         popular_order=np.argsort(-popularity, kind="stable").astype(np.int64),
         content_neighbours=neighbours,
+        cf_user_items=cf_items,
+        cf_user_scores=cf_scores,
         item_item=sp.csr_matrix(
             (arrays.pop("item_item_data"), arrays.pop("item_item_indices"), arrays.pop("item_item_indptr")),
             shape=(item_ids.shape[0], item_ids.shape[0]),

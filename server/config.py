@@ -73,6 +73,10 @@ class CollaborativeConfig:
     # search-time nprobe / efSearch (applied at load; tuned to recall@100 >= 0.97 when absent)
     # and build-time efConstruction
     index_params: dict[str, int] = field(default_factory=dict)
+    # > 0: store each training user's top N items by the CF index (history excluded), searched
+    # once at training, so a request of a known user without context items reads them instead
+    # of searching the index (the `faiss_cf` source's `lookup: auto`)
+    user_candidates: int = 0
 
 
 @dataclass
@@ -243,6 +247,10 @@ def load_training_config(path: str | Path | None) -> TrainingConfig:
         raise ConfigError(f"{path}: training.collaborative.components: must be >= 1")
     if config.content.dims < 1:
         raise ConfigError(f"{path}: training.content.dims: must be >= 1")
+    candidates = config.collaborative.user_candidates
+    if not isinstance(candidates, int) or isinstance(candidates, bool) or candidates < 0:
+        raise ConfigError(f"{path}: training.collaborative.user_candidates: must be an integer >= 0 (0: none stored), "
+                          f"got {candidates!r}")
     if not isinstance(config.content.neighbours, int) or config.content.neighbours < 0:
         raise ConfigError(f"{path}: training.content.neighbours: must be an integer >= 0 (0: none stored), "
                           f"got {config.content.neighbours!r}")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -233,6 +235,41 @@ def neighbour_table(index: Any, vectors: np.ndarray, k: int, chunk: int = 1 << 1
     return table
 
 
+def user_candidate_table(index: Any, user_factors: np.ndarray, indptr: np.ndarray, seen: np.ndarray, k: int,
+                         threads: int | None = None, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Each user's k best items by `index` with the user's own items excluded, and their scores.
+
+    Every row is found by `indexes.faiss_search`, the call the `faiss_cf` source makes for a
+    known user without context items, so a stored row holds what that source would find.
+    Rows of users without a CF vector, and the tail of a row with fewer than k items left,
+    are -1 (score 0). Users are searched one at a time, a thread per core.
+    """
+    n_users = user_factors.shape[0]
+    table = np.full((n_users, k), -1, dtype=np.int32)
+    scores = np.zeros((n_users, k), dtype=np.float32)
+
+    def fill(start: int) -> None:
+        for user in range(start, min(start + chunk, n_users)):
+            vector = np.asarray(user_factors[user], dtype=np.float32)
+            if not vector.any():
+                continue
+            found_scores, found = indexes.faiss_search(
+                index, vector, k, seen[indptr[user]:indptr[user + 1]].astype(np.int64))
+            keep = found[0] >= 0
+            width = int(keep.sum())
+            table[user, :width] = found[0][keep]
+            scores[user, :width] = found_scores[0][keep]
+
+    omp_threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)  # parallel over users instead
+    try:
+        with ThreadPoolExecutor(threads or os.cpu_count() or 1) as pool:
+            list(pool.map(fill, range(0, n_users, chunk)))
+    finally:
+        faiss.omp_set_num_threads(omp_threads)
+    return table, scores
+
+
 def user_histories(matrix: sp.csr_matrix, users: np.ndarray, items: np.ndarray,
                    timestamps: np.ndarray, event_codes: np.ndarray, event_weights: np.ndarray) -> dict[str, np.ndarray]:
     """Per user: items, summed weights, last timestamp and strongest event type, as CSR arrays.
@@ -263,7 +300,7 @@ def user_histories(matrix: sp.csr_matrix, users: np.ndarray, items: np.ndarray,
 def train(events_path: str | Path, items_path: str | Path, config: TrainingConfig,
           out_dir: str | Path, config_path: str | Path | None = None) -> dict[str, Any]:
     """Train a bundle into `out_dir`; returns its manifest."""
-    steps = Steps("train", 9 if config.content.neighbours else 8)
+    steps = Steps("train", 8 + bool(config.content.neighbours) + bool(config.collaborative.user_candidates))
     with steps.step(f"reading events {events_path}"):
         events = read_events(events_path, config.events)
     with steps.step(f"reading items {items_path}"):
@@ -296,6 +333,11 @@ def train(events_path: str | Path, items_path: str | Path, config: TrainingConfi
     if config.content.neighbours:
         with steps.step(f"content neighbours ({config.content.neighbours} per item, batch search)"):
             extra["content_neighbours"] = neighbour_table(content_index, content, config.content.neighbours)
+    if config.collaborative.user_candidates:
+        n_candidates = config.collaborative.user_candidates
+        with steps.step(f"CF candidates per user ({n_candidates} per user, history excluded)"):
+            extra["cf_user_items"], extra["cf_user_scores"] = user_candidate_table(
+                cf_index, user_factors, histories["history_indptr"], histories["history_items"], n_candidates)
     titles = catalogue.columns.get("title") or []
     titles = titles + [""] * (n_items - len(titles))
     user_id_array = np.asarray(events.user_ids, dtype=str)

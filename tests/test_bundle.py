@@ -136,3 +136,29 @@ def test_mmap_maps_the_faiss_indexes_and_searches_alike(demo_model: Path) -> Non
         da, ia = a.search(np.ascontiguousarray(queries), 10)
         db, ib = b.search(np.ascontiguousarray(queries), 10)
         assert ia.tolist() == ib.tolist() and np.array_equal(da, db)
+
+
+def test_stored_user_candidates_must_match_the_users(bundle_copy: Path) -> None:
+    import hashlib
+
+    import numpy as np
+
+    model = load_model(bundle_copy)
+    manifest = json.loads((bundle_copy / "manifest.json").read_text())
+
+    def store(name: str, array) -> None:  # listed in the manifest, as training writes it
+        path = bundle_copy / f"{name}.npy"
+        np.save(path, array)
+        manifest["files"][path.name] = {"bytes": path.stat().st_size,
+                                        "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+        (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
+
+    store("cf_user_items", np.full((model.num_users, 5), -1, dtype=np.int32))
+    with pytest.raises(BundleError) as exc:  # the scores are missing
+        load_model(bundle_copy)
+    assert _one_line(exc).endswith("cf_user_items and cf_user_scores do not match the other arrays")
+    store("cf_user_scores", np.zeros((model.num_users - 1, 5), dtype=np.float32))  # a user short
+    with pytest.raises(BundleError):
+        load_model(bundle_copy)
+    store("cf_user_scores", np.zeros((model.num_users, 5), dtype=np.float32))
+    assert load_model(bundle_copy).cf_user_items.shape == (model.num_users, 5)

@@ -513,3 +513,46 @@ def test_sorted_unique_in_sorted_and_merge_match_numpy() -> None:
     assert np.allclose(merged.scores["a"], [np.nan, 0.3, 0.5, 0.9], equal_nan=True)
     assert np.allclose(merged.scores["b"], [0.1, np.nan, 0.55, np.nan], equal_nan=True)
     assert merged.anchors["a"].tolist() == [-1, 1, 2, 1] and "b" not in merged.anchors
+
+
+def test_faiss_cf_reads_stored_user_candidates(model) -> None:
+    from hybridrec.plugins.candidates import FaissCF
+    from hybridrec.server.training import user_candidate_table
+
+    table, scores = user_candidate_table(model.cf_index, model.user_factors, model.history_indptr,
+                                         model.history_items, 20)
+    stored_model = dataclasses.replace(model, cf_user_items=table, cf_user_scores=scores)
+    stage = FaissCF("cf", FaissCF.Params(n=15))
+    searching = FaissCF("cf", FaissCF.Params(n=15, lookup="index"))
+
+    def ctx_for(user: str, **kwargs) -> RequestContext:
+        ctx = make_ctx(stored_model, user, **kwargs)
+        pushed = [ctx.history()[0], ctx.context_items, ctx.exclude_items]  # as exclude_seen + exclude_requested push
+        ctx._cache["excluded"] = np.unique(np.concatenate(pushed)).astype(np.int64)
+        return ctx
+
+    used = 0
+    for user in model.user_ids[:60].tolist():  # the first 15 of the stored 20 are what the search finds
+        ctx = ctx_for(user)
+        found = stage.stored(ctx)
+        searched = searching.generate(ctx_for(user))
+        if found is None:
+            assert searched is None or searched.items.shape[0] == 0
+            continue
+        used += 1
+        assert found.items.tolist() == searched.items.tolist()
+        assert found.scores == pytest.approx(searched.scores, rel=1e-5)
+        assert stage.generate(ctx).items.tolist() == found.items.tolist()
+    assert used >= 50
+    user = heavy_user(model)
+    item = str(model.item_ids[int(np.setdiff1d(np.arange(model.num_items), model.history(0)[0])[0])])
+    # requests the table cannot answer search the index
+    assert stage.stored(ctx_for(user, context=[item])) is None  # context items move the CF vector
+    assert stage.stored(ctx_for(user, exclude=[item])) is None  # other exclusions than the history
+    assert stage.stored(ctx_for("stranger", context=[item])) is None
+    no_filter = make_ctx(stored_model, user)  # a pipeline without exclude_seen: nothing excluded
+    assert stage.stored(no_filter) is None
+    assert FaissCF("cf", FaissCF.Params(n=25)).stored(ctx_for(user)) is None  # wider than stored
+    assert FaissCF("cf", FaissCF.Params(n=15)).stored(make_ctx(model, user)) is None  # no table
+    with pytest.raises(ValueError, match="lookup must be one of: auto, index"):
+        FaissCF("cf", FaissCF.Params(lookup="table")).validate()

@@ -320,3 +320,59 @@ def test_content_neighbours_are_stored_when_configured(tiny: tuple[Path, Path], 
     path.write_text("training:\n  content:\n    neighbours: -1\n")
     with pytest.raises(ConfigError, match=r"c\.yaml: training\.content\.neighbours: must be an integer >= 0"):
         load_training_config(path)
+
+
+def test_user_candidate_table_is_what_the_cf_search_finds() -> None:
+    import faiss
+
+    from hybridrec.server.indexes import OVERFETCH_MAX_EXCLUDED, faiss_search
+    from hybridrec.server.training import user_candidate_table
+
+    rng = np.random.default_rng(11)
+    items = rng.normal(size=(2000, 8)).astype(np.float32)
+    users = rng.normal(size=(40, 8)).astype(np.float32)
+    users[5] = 0.0  # no CF vector: no row
+    quantiser = faiss.IndexFlatIP(8)
+    index = faiss.IndexIVFFlat(quantiser, 8, 16, faiss.METRIC_INNER_PRODUCT)
+    index.train(items)
+    index.add(items)
+    index.nprobe = 4  # approximate: the table must repeat the search's misses too
+    lengths = rng.integers(0, 30, size=40)
+    lengths[7] = OVERFETCH_MAX_EXCLUDED + 100  # a heavy user: excluded by ID selector
+    lengths[9] = 1995  # fewer items left than asked for: padded
+    indptr = np.concatenate([[0], np.cumsum(lengths)])
+    seen = np.concatenate([np.sort(rng.choice(2000, size=n, replace=False)) for n in lengths]).astype(np.int32)
+    table, scores = user_candidate_table(index, users, indptr, seen, 12, threads=3, chunk=7)
+    assert table.shape == scores.shape == (40, 12) and table.dtype == np.int32
+    assert (table[5] == -1).all() and (scores[5] == 0).all()
+    width = int((table[9] >= 0).sum())  # at most the 5 items left (fewer: the search is approximate)
+    assert 0 < width <= 5 and (table[9, width:] == -1).all()
+    for user in range(40):
+        if user == 5:
+            continue
+        history = seen[indptr[user]:indptr[user + 1]].astype(np.int64)
+        found_scores, found = faiss_search(index, users[user], 12, history)
+        keep = found[0] >= 0
+        assert table[user, : keep.sum()].tolist() == found[0][keep].tolist()
+        assert scores[user, : keep.sum()] == pytest.approx(found_scores[0][keep])
+        assert not np.isin(table[user], history).any()
+
+
+def test_user_candidates_are_stored_when_configured(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    events, items = tiny
+    config = tiny_config()
+    train(events, items, config, tmp_path / "plain")
+    plain = load_model(tmp_path / "plain")
+    assert plain.cf_user_items is None and plain.cf_user_scores is None  # off by default
+    config.collaborative.user_candidates = 4
+    train(events, items, config, tmp_path / "model")
+    model = load_model(tmp_path / "model")
+    assert model.cf_user_items.shape == model.cf_user_scores.shape == (model.num_users, 4)
+    for user in range(model.num_users):  # never one of the user's own items
+        row = model.cf_user_items[user]
+        assert not np.isin(row[row >= 0], model.history(user)[0]).any()
+    path = tmp_path / "c.yaml"
+    for bad in ("-1", "2.5", "true"):
+        path.write_text(f"training:\n  collaborative:\n    user_candidates: {bad}\n")
+        with pytest.raises(ConfigError, match=r"c\.yaml: training\.collaborative\.user_candidates: "):
+            load_training_config(path)
