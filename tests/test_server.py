@@ -278,3 +278,46 @@ def test_a_call_that_ended_while_queued_is_not_run(demo_model) -> None:
     finally:
         gate.set()
         running.server.stop(None)
+
+
+def test_stored_user_candidates_serve_what_the_search_finds(demo_data, tmp_path) -> None:
+    """A bundle with `collaborative.user_candidates` answers known users from the stored rows;
+    through the real server the answers equal those of a pipeline that searches the index."""
+    from hybridrec.server.app import create_server, load_state
+    from hybridrec.server.training import train
+
+    from .conftest import small_training_config
+
+    config = small_training_config()
+    config.collaborative.user_candidates = 30
+    train(demo_data["events"], demo_data["items"], config, tmp_path / "model")
+    stages = """
+    candidates:
+      - {plugin: faiss_cf, name: cf, params: {n: 20, lookup: LOOKUP}}
+      - {plugin: faiss_content, name: content, params: {n: 20, seeds: 3}}
+      - {plugin: popularity, params: {n: 10}}
+    filters: [exclude_seen, exclude_requested]
+    scorer: {plugin: weighted_hybrid, params: {weights: {cf: 0.6, content: 0.4}}}
+    rerankers: [{plugin: mmr, params: {lambda_weight: 0.7, pool: 20}}]
+"""
+    path = tmp_path / "serve.yaml"
+    path.write_text("pipelines:\n  stored:" + stages.replace("LOOKUP", "auto")
+                    + "  searched:" + stages.replace("LOOKUP", "index"))
+    state = load_state(tmp_path / "model", path)
+    assert state.model.cf_user_items.shape == (state.model.num_users, 30)
+    running = create_server(state, "127.0.0.1:0", max_workers=2)
+    try:
+        with RecommenderClient(f"127.0.0.1:{running.port}", timeout=10) as client:
+            users = users_by_activity(state.model)
+            items = [str(i) for i in state.model.item_ids[:3]]
+            for user in users[:20] + users[-20:]:
+                for kwargs in ({}, {"exclude": items[:1]}, {"context_items": items[1:]}):
+                    stored = client.recommend(user, k=10, pipeline="stored", explain=True, **kwargs)
+                    searched = client.recommend(user, k=10, pipeline="searched", explain=True, **kwargs)
+                    assert [i.item_id for i in stored.items] == [i.item_id for i in searched.items]
+                    assert [i.score for i in stored.items] == pytest.approx([i.score for i in searched.items], abs=1e-5)
+                    for a, b in zip(stored.items, searched.items):  # every source's score, cf's included
+                        assert a.source_scores.keys() == b.source_scores.keys()
+                        assert a.source_scores == pytest.approx(b.source_scores, abs=1e-5)
+    finally:
+        running.stop(grace=None)
