@@ -45,7 +45,8 @@ class FaissCF(CandidateSource):
     When the bundle stores each training user's best items (`collaborative.user_candidates`),
     a request of a known user without context items, whose exclusions are exactly the user's
     history, reads its first `n` from there: the same items and scores the index search finds,
-    without the search. Other requests (context items, `exclude_item_ids`, new users, `n` above
+    without the search (for Flat and IVF indexes; an HNSW search widens with k, so there the
+    first n of the stored N can be better than a search for n). Other requests (context items, `exclude_item_ids`, new users, `n` above
     the stored width) search the index, as does `lookup: index`.
     """
 
