@@ -22,9 +22,15 @@ load generator and by the whole machine (the rest is other work on the machine),
 processes' memory after the load (VmRSS, and Pss, which splits shared pages fairly).
 Prints a table and writes JSON (default benchmarks/results/serve_load.json).
 
+With `--noop`, each server is followed by benchmarks/noop_server.py with as many workers, under
+the same levels: the same proto and transport, no pipeline. Its CPU per call is what gRPC Python
+costs on this host at that moment, so a report taken in a slow phase of a shared host can be told
+apart from a slower hybridrec.
+
     python benchmarks/serve_load.py                                   # demo model, workers 1 and 2
     python benchmarks/serve_load.py --sizes medium large --rate 1000   # the scale bundles
     python benchmarks/serve_load.py --model DIR --config FILE --workers 2 --concurrency 1 16
+    python benchmarks/serve_load.py --sizes large --workers 3 --rate 1000 --noop
 """
 from __future__ import annotations
 
@@ -50,6 +56,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 SERVER_TIME_KEY = "hybridrec-server-time-us"
 WORKER_PID_KEY = "hybridrec-worker-pid"
+NOOP_SERVER = Path(__file__).resolve().parent / "noop_server.py"
 SERVING_WORKERS = re.compile(r"serving on (\S+):(\d+) with (\d+) worker processes \(pids ([\d, ]+)\)")
 SERVING_SINGLE = re.compile(r"serving model .* on (\S+):(\d+)\s*$", re.M)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -173,11 +180,15 @@ async def _load_main(conn, target, specs, k, pipeline, channels, timeout) -> Non
 class ServerProcess:
     """`hybridrec serve` in a subprocess; its stderr is collected; knows its serving pids."""
 
-    def __init__(self, model: Path, config: Path, workers: int, threads: int, extra: list[str]) -> None:
-        cmd = [sys.executable, "-m", "hybridrec.server.cli", "serve", "--model", str(model), "--config", str(config),
-               "--host", "127.0.0.1", "--port", "0", "--threads", str(threads), *extra]
-        if workers != 1:  # a single process is the plain `serve` (any hybridrec version runs it)
-            cmd += ["--workers", str(workers)]
+    def __init__(self, model: Path, config: Path, workers: int, threads: int, extra: list[str],
+                 noop: bool = False) -> None:
+        if noop:  # the transport alone, as `hybridrec serve --io asyncio --workers N` runs it
+            cmd = [sys.executable, str(NOOP_SERVER), "--host", "127.0.0.1", "--port", "0", "--workers", str(workers)]
+        else:
+            cmd = [sys.executable, "-m", "hybridrec.server.cli", "serve", "--model", str(model), "--config",
+                   str(config), "--host", "127.0.0.1", "--port", "0", "--threads", str(threads), *extra]
+            if workers != 1:  # a single process is the plain `serve` (any hybridrec version runs it)
+                cmd += ["--workers", str(workers)]
         self.cmd = cmd
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.lines: list[str] = []
@@ -550,6 +561,9 @@ def main() -> int:
     parser.add_argument("--pipeline", default="", help="pipeline to request (default: the config's default)")
     parser.add_argument("--timeout", type=float, default=5.0, help="per-request deadline (s)")
     parser.add_argument("--start-timeout", type=float, default=900.0, help="seconds for the server to start")
+    parser.add_argument("--noop", action="store_true",
+                        help="after each server, the same levels against benchmarks/noop_server.py with as many "
+                             "workers: gRPC Python without a pipeline, the floor of a call's cost on this host")
     parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "serve_load.json")
     args = parser.parse_args()
 
@@ -568,13 +582,18 @@ def main() -> int:
         specs = request_specs(model_dir, 4000)
         print(f"== {label}: {model_dir} ({counts.get('users')} users, {counts.get('items')} items), config {config}, "
               f"pipeline {args.pipeline or 'default'}; load average {loadavg()}", flush=True)
-        for workers in args.workers:
-            server = ServerProcess(model_dir, config, workers, args.threads, args.server_arg)
+        servers = [(workers, False) for workers in args.workers]
+        if args.noop:  # each real server, then the no-op one with its worker count: interleaved
+            servers = [(workers, noop) for workers in args.workers for noop in (False, True)]
+        for workers, noop in servers:
+            server = ServerProcess(model_dir, config, workers, args.threads, args.server_arg, noop=noop)
+            row_label = f"{label}:noop" if noop else label
             started = time.monotonic()
             server.wait_serving(args.start_timeout)
             start_s = time.monotonic() - started
             memory_idle = {str(p): memory_kb(p) for p in server.all_pids()}
-            run = {"model": label, "model_dir": str(model_dir), "config": str(config), "users": counts.get("users"),
+            run = {"model": row_label, "model_dir": str(model_dir), "config": "" if noop else str(config),
+                   "noop": noop, "users": counts.get("users"),
                    "items": counts.get("items"), "workers": workers, "threads": args.threads,
                    "generators": args.generator,
                    "pipeline": args.pipeline or "default",
@@ -594,7 +613,7 @@ def main() -> int:
                         result = gens[name].run(mode, level, args.warmup, duration, server)
                         result["generator"] = name
                         run["levels"].append(result)
-                        row = f"{label}:{args.pipeline}" if args.pipeline else label
+                        row = f"{row_label}:{args.pipeline}" if args.pipeline and not noop else row_label
                         rows.append(fmt_row(f"{row} ({name})" if len(set(args.generator)) > 1 else row, workers,
                                             result))
                         print(table([rows[-1]]).splitlines()[-1] if len(rows) > 1 else table(rows), flush=True)
@@ -612,7 +631,7 @@ def main() -> int:
             workers_only = [m for p, m in after.items() if int(p) != server.proc.pid or workers == 1]
             run["rss_mb_workers"] = round(sum(m.get("VmRSS", 0) for m in workers_only) / 1024, 1)
             run["pss_mb_workers"] = round(sum(m.get("Pss", 0) for m in workers_only) / 1024, 1)
-            print(f"   {label} workers={workers}: started in {start_s:.1f} s; after load VmRSS "
+            print(f"   {row_label} workers={workers}: started in {start_s:.1f} s; after load VmRSS "
                   + ", ".join(f"pid {p} {m.get('VmRSS', 0) / 1024:.0f} MB (Pss {m.get('Pss', 0) / 1024:.0f})"
                               for p, m in after.items())
                   + f"; server exit code {code}", flush=True)

@@ -129,3 +129,22 @@ def test_fallback_calls_are_summed_from_the_workers_last_log_lines(serve_load) -
     lines = [f"2026-11-28 02:00:00,000 INFO hybridrec: {g.summary()}\n" for g in guards] + ["stopped\n"]
     assert serve_load.fallback_calls(lines) == {"cf_prior": 15, "popularity": 2}
     assert serve_load.fallback_calls(["stopped\n"]) == {}
+
+
+def test_noop_server_serves_the_proto_from_its_workers_and_stops_them(serve_load) -> None:
+    from hybridrec.clients.client import RecommenderClient
+
+    server = serve_load.ServerProcess(Path("."), Path("."), 2, 1, [], noop=True)
+    try:
+        server.wait_serving(60)
+        workers = [p for p in server.all_pids() if p != server.proc.pid]
+        assert len(workers) == 2 and server.port > 0
+        with RecommenderClient(f"127.0.0.1:{server.port}", connections=4) as client:
+            answers = [client.recommend(user_id=f"u{i}", k=k) for i, k in enumerate((3, 7, 1, 12))]
+        assert [len(a.items) for a in answers] == [3, 7, 1, 12]
+        assert all(a.pipeline == "noop" and a.worker_pid in workers for a in answers)
+    finally:
+        code = server.stop()
+    assert code == 0
+    for pid in workers:  # the supervisor stopped and reaped its workers
+        assert not Path(f"/proc/{pid}").exists()
