@@ -32,13 +32,14 @@ bench: install
 # The scale suite in one command: train the three synthetic sizes (small 10K x 5K x 200K,
 # medium 200K x 100K x 5M, large 1M x 1M x 20M; data generated if absent) and measure training
 # time, peak memory, bundle size, load time and ANN recall (-> benchmarks/results/train_scale.json),
-# then serve each bundle with 2 asyncio workers under closed- and open-loop gRPC load from a
-# separate load-generator process (-> benchmarks/results/serve_load_scale.json).
+# then serve each bundle with 3 asyncio workers under closed- and open-loop gRPC load from a
+# separate load-generator process, each followed by the no-op server (gRPC alone) under the same
+# load (-> benchmarks/results/serve_load_scale.json).
 bench-scale: install
 	$(BIN)/python benchmarks/train_scale.py --sizes small,medium,large
 	$(BIN)/python benchmarks/serve_load.py --sizes small medium large --workers 3 \
 		--server-arg=--io --server-arg=asyncio --channels 64 --concurrency 1 16 32 \
-		--rate 500 800 1000 --rate-duration 60 --json benchmarks/results/serve_load_scale.json
+		--rate 500 800 1000 --rate-duration 60 --noop --json benchmarks/results/serve_load_scale.json
 
 clean:
 	rm -rf $(VENV) .hybridrec .pytest_cache build *.egg-info
