@@ -25,9 +25,9 @@ sys.path.insert(0, str(REPO))
 
 import grpc  # noqa: E402
 
+from hybridrec.server.aio import run_async  # noqa: E402
 from hybridrec.server.app import reserve_port  # noqa: E402
 from hybridrec.server.interceptors import call_metadata  # noqa: E402
-from hybridrec.server.aio import run_async  # noqa: E402
 from hybridrec.v1 import recommender_pb2 as pb  # noqa: E402
 from hybridrec.v1 import recommender_pb2_grpc as pb_grpc  # noqa: E402
 
