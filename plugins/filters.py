@@ -13,6 +13,7 @@ class ExcludeSeen(Filter):
     """Removes items in the user's training history (and, by default, the context items)."""
 
     plugin_name = "exclude_seen"
+    keep_is_excluded = True
 
     @dataclass
     class Params:
@@ -32,6 +33,7 @@ class ExcludeRequested(Filter):
     """Removes the items the request lists in `exclude_item_ids`."""
 
     plugin_name = "exclude_requested"
+    keep_is_excluded = True
 
     @dataclass
     class Params:

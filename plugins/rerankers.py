@@ -65,31 +65,42 @@ class MMR(Reranker):
         # picked items are set to -inf in both arrays, so argmax never returns them again
         open_relevance = relevance.copy()  # for the keep_top picks
         scaled = lam * relevance
-        redundancy = np.zeros(pool.shape[0])  # sum (mean) or max of similarities to the picks
         value = np.empty(pool.shape[0])
+        if mean:  # the sum of similarities to the picks, divided by their number when used
+            redundancy = np.zeros(pool.shape[0])
+        else:  # (1 - lambda) x the largest similarity to a pick: the max of the scaled rows
+            penalty = sims * (1.0 - lam)
+            redundancy = None
         for step in range(min(ctx.k, pool.shape[0])):
             if step < keep_top:  # relevance alone
                 best = int(open_relevance.argmax())
                 best_value = open_relevance[best]
-            else:  # step 0 has nothing picked yet to be redundant with
-                np.multiply(redundancy, (1.0 - lam) / step if mean and step else 1.0 - lam, out=value)
-                np.subtract(scaled, value, out=value)
+            elif redundancy is None:  # step 0 has nothing picked yet to be redundant with
+                best = int(scaled.argmax())
+                best_value = scaled[best]
+            else:
+                if mean:
+                    np.multiply(redundancy, (1.0 - lam) / step if step else 1.0 - lam, out=value)
+                    np.subtract(scaled, value, out=value)
+                else:
+                    np.subtract(scaled, redundancy, out=value)
                 best = int(value.argmax())
                 best_value = value[best]
             chosen.append(best)
             picked_values.append(float(best_value))
             open_relevance[best] = -np.inf
             scaled[best] = -np.inf
-            if mean or step == 0:
+            if mean:
                 redundancy += sims[best]
+            elif redundancy is None:
+                redundancy = penalty[best].copy()
             else:
-                np.maximum(redundancy, sims[best], out=redundancy)
+                np.maximum(redundancy, penalty[best], out=redundancy)
         picked = np.asarray(chosen, dtype=np.int64)
         mmr_scores = np.full(len(candidates), np.nan, dtype=np.float32)
         mmr_scores[pool[picked]] = picked_values
-        blocked = np.zeros(pool.shape[0])
-        blocked[picked] = -np.inf
-        available = np.isfinite(blocked)
+        available = np.ones(pool.shape[0], dtype=bool)
+        available[picked] = False
         candidates.stage_scores[self.name] = mmr_scores
         rest = np.concatenate([pool[available], ranked[pool.shape[0]:]])
         if self.params.order == "relevance":  # same set, so the same diversity; better ranks first

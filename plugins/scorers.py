@@ -14,14 +14,19 @@ NORMALISERS = ("minmax", "zscore", "rank", "none")
 
 def normalise(column: np.ndarray, how: str) -> np.ndarray:
     """Scale one source's scores over the request's candidates; unscored (NaN) items get 0."""
-    valid = ~np.isnan(column)
-    if valid.all():  # the usual case once missing scores are filled: no mask to apply
-        values = column.astype(np.float64)
+    return _normalise(column, how)[0]
+
+
+def _normalise(column: np.ndarray, how: str) -> tuple[np.ndarray, bool]:
+    """`normalise`, and whether the column scored any item."""
+    values = column.astype(np.float64)
+    if not math.isnan(values.sum()):  # the usual case once missing scores are filled: no mask
         valid = None
-    elif not valid.any():
-        return np.zeros(column.shape[0], dtype=np.float32)
     else:
-        values = column[valid].astype(np.float64)
+        valid = ~np.isnan(column)
+        if not valid.any():
+            return np.zeros(column.shape[0], dtype=np.float32), False
+        values = values[valid]
     if how == "minmax":
         low = values.min()
         span = values.max() - low
@@ -37,10 +42,10 @@ def normalise(column: np.ndarray, how: str) -> np.ndarray:
     else:
         scaled = values
     if valid is None:
-        return scaled.astype(np.float32)
+        return scaled.astype(np.float32), True
     out = np.zeros(column.shape[0], dtype=np.float32)
     out[valid] = scaled
-    return out
+    return out, True
 
 
 class WeightedHybrid(Scorer):
@@ -89,11 +94,13 @@ class WeightedHybrid(Scorer):
 
     def score(self, ctx: RequestContext, candidates: Candidates) -> None:
         how = self.params.normalise
-        candidates.normalised = {name: normalise(col, how) for name, col in candidates.scores.items()}
-        present = {
-            name: float(w) for name, w in self.params.weights.items()
-            if w > 0 and name in candidates.scores and not np.isnan(candidates.scores[name]).all()
-        }
+        normalised, scored = {}, set()
+        for name, col in candidates.scores.items():
+            normalised[name], any_scored = _normalise(col, how)
+            if any_scored:
+                scored.add(name)
+        candidates.normalised = normalised
+        present = {name: float(w) for name, w in self.params.weights.items() if w > 0 and name in scored}
         fallback = self.params.fallback
         if fallback in candidates.normalised:
             share = self.prior_share(ctx) if present else 1.0

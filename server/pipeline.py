@@ -63,7 +63,10 @@ class Pipeline:
             available.append(source)
             results[source.name] = result
         candidates = Candidates.merge(results)
+        applied = all(r.excluded_applied for r in results.values())
         for f in self.filters:
+            if applied and f.keep_is_excluded:  # every source left this filter's items out already
+                continue
             keep = np.asarray(f.keep(ctx, candidates), dtype=bool)
             if not keep.all():  # sources usually skipped these already (ctx.excluded())
                 candidates = candidates.select(keep)

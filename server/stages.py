@@ -62,6 +62,9 @@ class SourceResult:
     items: np.ndarray  # int64
     scores: np.ndarray  # float32, higher is better
     anchors: np.ndarray | None = None  # int64 item that led to each candidate, -1 for none
+    # True when no item is in ctx.excluded(): filters whose `keep` drops exactly their
+    # `excluded` items then skip their pass over the candidates
+    excluded_applied: bool = False
 
 
 def in_sorted(items: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -187,6 +190,9 @@ class Filter(Stage):
     """Removes candidates: returns a boolean mask of those to keep."""
 
     kind = "filter"
+    # True when `keep` drops exactly the items `excluded` returns, no more: the pipeline then
+    # skips `keep` when every source says it left ctx.excluded() out already
+    keep_is_excluded: ClassVar[bool] = False
 
     def keep(self, ctx: RequestContext, candidates: Candidates) -> np.ndarray:
         raise NotImplementedError

@@ -417,6 +417,43 @@ def test_a_failing_source_degrades_instead_of_failing(model) -> None:
     assert len(result.ranked) == 5
 
 
+def test_filters_run_unless_every_source_left_the_excluded_items_out(model) -> None:
+    class Seen(CandidateSource):
+        """Offers the user's own history: items the filters must drop."""
+
+        plugin_name = "seen"
+
+        @dataclass
+        class Params:
+            claims_excluded: bool = False  # says it skipped ctx.excluded() (here falsely)
+
+        def generate(self, ctx):
+            items = ctx.history()[0][:20].astype(np.int64)
+            return SourceResult(items, np.ones(items.shape[0], dtype=np.float32),
+                                excluded_applied=self.params.claims_excluded)
+
+    class SeenPlugin:
+        @hookimpl
+        def hybridrec_register_stages(self):
+            return [Seen]
+
+    plugins = Plugins(extra=[SeenPlugin()])
+    user = heavy_user(model)
+    seen = set(model.history(model.user_index[user])[0].tolist())
+
+    def served(claims: bool) -> set[int]:
+        spec = {"candidates": [{"plugin": "seen", "params": {"claims_excluded": claims}}, "popularity"],
+                "filters": ["exclude_seen"],
+                "scorer": {"plugin": "weighted_hybrid", "params": {"weights": {"seen": 1.0}}}}
+        result = build_pipeline(plugins, "p", spec, "t.yaml").run(make_ctx(model, user, k=50))
+        return set(result.candidates.items.tolist())
+
+    # a source that does not say so is filtered: nothing seen survives, popular items remain
+    assert served(False) and not served(False) & seen
+    # one that says so is trusted (the built-in sources do): exclude_seen's pass is skipped
+    assert served(True) & seen
+
+
 @pytest.mark.parametrize("factory", ["Flat", "HNSW16", "IVF8,Flat", "Flat,RFlat"])
 @pytest.mark.parametrize("step", [8, 2])  # 250 exclusions: over-fetched; 1000: an ID selector
 def test_faiss_search_skips_excluded_items(factory: str, step: int) -> None:
