@@ -156,7 +156,7 @@ class FaissContent(CandidateSource):
             p = self.params
             if items.shape[0]:  # strength halves every half-life before the user's latest event
                 strength = weights * np.exp2((stamps - stamps.max()) * (1.0 / (86400.0 * p.recency_half_life_days)))
-                top = np.argsort(-strength, kind="stable")[: p.seeds]
+                top = (-strength).argsort(kind="stable")[: p.seeds]
                 seed_items, seed_strength = items[top].astype(np.int64), strength[top].astype(np.float32)
             else:
                 seed_items, seed_strength = np.zeros(0, np.int64), np.zeros(0, np.float32)
@@ -198,7 +198,7 @@ class FaissContent(CandidateSource):
             found = found.astype(np.int64, copy=False)
             scores, anchors = self._score(ctx, found)
             if found.shape[0] > self.params.n:  # the stored neighbours of every seed: keep the n best
-                best = np.argpartition(-scores, self.params.n - 1)[: self.params.n]
+                best = (-scores).argpartition(self.params.n - 1)[: self.params.n]
                 found, scores, anchors = found[best], scores[best], anchors[best]
             return SourceResult(found, scores, anchors, excluded_applied=True)
         per_seed = -(-self.params.n // seeds.shape[0])

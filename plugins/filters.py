@@ -26,7 +26,9 @@ class ExcludeSeen(Filter):
         return seen
 
     def keep(self, ctx: RequestContext, candidates: Candidates) -> np.ndarray:
-        return ~in_sorted(candidates.items, np.sort(self.excluded(ctx)))
+        excluded = self.excluded(ctx).copy()
+        excluded.sort()
+        return ~in_sorted(candidates.items, excluded)
 
 
 class ExcludeRequested(Filter):
@@ -43,7 +45,9 @@ class ExcludeRequested(Filter):
         return ctx.exclude_items
 
     def keep(self, ctx: RequestContext, candidates: Candidates) -> np.ndarray:
-        return ~in_sorted(candidates.items, np.sort(ctx.exclude_items))
+        excluded = ctx.exclude_items.copy()
+        excluded.sort()
+        return ~in_sorted(candidates.items, excluded)
 
 
 @hookimpl

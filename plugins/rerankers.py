@@ -97,7 +97,8 @@ class MMR(Reranker):
             else:
                 np.maximum(redundancy, penalty[best], out=redundancy)
         picked = np.asarray(chosen, dtype=np.int64)
-        mmr_scores = np.full(len(candidates), np.nan, dtype=np.float32)
+        mmr_scores = np.empty(len(candidates), dtype=np.float32)
+        mmr_scores.fill(np.nan)
         mmr_scores[pool[picked]] = picked_values
         available = np.ones(pool.shape[0], dtype=bool)
         available[picked] = False

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,7 +97,8 @@ class Pipeline:
         for source in available:
             column = candidates.scores.get(source.name)
             if column is None:
-                column = np.full(len(candidates), np.nan, dtype=np.float32)
+                column = np.empty(len(candidates), dtype=np.float32)
+                column.fill(np.nan)
                 candidates.scores[source.name] = column
             missing = np.isnan(column)
             if not missing.any():
@@ -116,12 +118,14 @@ def top_positions(scores: np.ndarray, n: int) -> np.ndarray:
     total = scores.shape[0]
     if total == 0:
         return np.zeros(0, dtype=np.int64)
-    safe = np.where(np.isnan(scores), -np.inf, scores)
+    negated = -scores  # ascending order of the negated scores is best first
+    if math.isnan(negated.sum()):  # NaN (unscored) ranks last
+        negated[np.isnan(negated)] = np.inf
     if n < total:
-        part = np.argpartition(-safe, n - 1)[:n]
+        part = negated.argpartition(n - 1)[:n]
         part.sort()
-        return part[np.argsort(-safe[part], kind="stable")].astype(np.int64)
-    return np.argsort(-safe, kind="stable").astype(np.int64)
+        return part[negated[part].argsort(kind="stable")].astype(np.int64, copy=False)
+    return negated.argsort(kind="stable").astype(np.int64, copy=False)
 
 
 @dataclass
