@@ -63,7 +63,7 @@ class MMR(Reranker):
         chosen: list[int] = []
         picked_values: list[float] = []
         # picked items are set to -inf in both arrays, so argmax never returns them again
-        open_relevance = relevance.copy()  # for the keep_top picks
+        open_relevance = relevance.copy() if keep_top else None  # for the keep_top picks
         scaled = lam * relevance
         value = np.empty(pool.shape[0])
         if mean:  # the sum of similarities to the picks, divided by their number when used
@@ -74,10 +74,10 @@ class MMR(Reranker):
         for step in range(min(ctx.k, pool.shape[0])):
             if step < keep_top:  # relevance alone
                 best = int(open_relevance.argmax())
-                best_value = open_relevance[best]
+                best_value = open_relevance.item(best)
             elif redundancy is None:  # step 0 has nothing picked yet to be redundant with
                 best = int(scaled.argmax())
-                best_value = scaled[best]
+                best_value = scaled.item(best)
             else:
                 if mean:
                     np.multiply(redundancy, (1.0 - lam) / step if step else 1.0 - lam, out=value)
@@ -85,10 +85,11 @@ class MMR(Reranker):
                 else:
                     np.subtract(scaled, redundancy, out=value)
                 best = int(value.argmax())
-                best_value = value[best]
+                best_value = value.item(best)
             chosen.append(best)
-            picked_values.append(float(best_value))
-            open_relevance[best] = -np.inf
+            picked_values.append(best_value)
+            if keep_top:
+                open_relevance[best] = -np.inf
             scaled[best] = -np.inf
             if mean:
                 redundancy += sims[best]
