@@ -176,7 +176,7 @@ def test_a_stage_exception_never_kills_the_server(running_server, client: Recomm
     user = users_by_activity(model)[0]
     result = client.recommend(user, k=5)
     assert result.degraded_stages == ["content"] and len(result.items) == 5
-    monkeypatch.setattr(pipeline.filters[0], "keep", explode)
+    monkeypatch.setattr(pipeline.filters[0], "excluded", explode)  # filters run on every request
     with pytest.raises(grpc.RpcError) as exc:
         client.recommend(user, k=5)
     assert exc.value.code() == grpc.StatusCode.INTERNAL
