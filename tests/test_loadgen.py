@@ -14,6 +14,8 @@ import pytest
 
 from hybridrec.v1 import recommender_pb2 as pb
 
+from .conftest import DEFAULT_CONFIG
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -148,3 +150,32 @@ def test_noop_server_serves_the_proto_from_its_workers_and_stops_them(serve_load
     assert code == 0
     for pid in workers:  # the supervisor stopped and reaped its workers
         assert not Path(f"/proc/{pid}").exists()
+
+
+def test_pipeline_cost_pairs_this_checkout_with_a_revision(demo_model: Path, tmp_path: Path) -> None:
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git checkout: --against needs a worktree of a revision")
+    out = tmp_path / "cost.json"
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks/pipeline_cost.py"), "--model", str(demo_model),
+                           "--config", str(DEFAULT_CONFIG), "--requests", "40", "--passes", "3", "--against", "HEAD",
+                           "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    # HEAD's code answers the 40 requests as this checkout does (the tests run on a clean clone)
+    assert report["same_answers"] is True
+    assert set(report["passes"]) == {"this checkout", "HEAD"}
+    for runs in report["passes"].values():
+        assert len(runs) == 3 and all(r["hot_us"] > 0 and r["flushed_us"] > 0 for r in runs)
+    assert report["summary"]["hot_us"]["ratio_median"] > 0
+    assert "per pass: median" in done.stdout
+    # the worktree is removed afterwards
+    listed = subprocess.run(["git", "-C", str(REPO), "worktree", "list"], capture_output=True, text=True).stdout
+    assert "pipeline_cost-" not in listed
+
+
+def test_pipeline_cost_refuses_a_directory_that_is_not_a_bundle(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks/pipeline_cost.py"), "--model", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines() == [f"pipeline_cost: {tmp_path} is not a bundle (no manifest.json); "
+                                                "build one with `make bench-scale` or `hybridrec train`"]
