@@ -211,21 +211,27 @@ class FaissContent(CandidateSource):
         scores, anchors = self._score(ctx, found)
         return SourceResult(found, scores, anchors, excluded_applied=True)
 
-    def _score(self, ctx: RequestContext, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _score(self, ctx: RequestContext, items: np.ndarray,
+               anchors: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        """Scores of `items`, and their anchors (the first best seed) unless `anchors` is False."""
         seeds, _, _, seed_vectors_t, factor, mean_weights = self._profile(ctx)
         sims = ctx.model.item_content[items] @ seed_vectors_t
+        mean = self.params.aggregate == "mean"
+        if mean and not anchors:
+            return (sims @ mean_weights).astype(np.float32, copy=False), None
         # one row per seed, so the reductions run along rows of candidates rather than over a
-        # handful of seeds per candidate (a few times faster); the anchor is the first best seed
+        # handful of seeds per candidate (a few times faster)
         weighted = np.multiply(sims.T, factor[:, None], order="C")
         strongest = weighted.max(axis=0)
-        best = (weighted == strongest).argmax(axis=0)
-        scores = sims @ mean_weights if self.params.aggregate == "mean" else strongest
-        return scores.astype(np.float32, copy=False), seeds[best]
+        scores = (sims @ mean_weights if mean else strongest).astype(np.float32, copy=False)
+        if not anchors:
+            return scores, None
+        return scores, seeds[(weighted == strongest).argmax(axis=0)]
 
     def score(self, ctx: RequestContext, items: np.ndarray) -> np.ndarray | None:
         if self._profile(ctx)[0].shape[0] == 0:
             return None
-        return self._score(ctx, items)[0]
+        return self._score(ctx, items, anchors=False)[0]
 
     def reason(self, ctx: RequestContext, item: int, anchor: int) -> str:
         if anchor < 0:
