@@ -198,10 +198,35 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive(text: str) -> int:
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def port_number(text: str) -> int:
+    """argparse type: a TCP port, 0 to 65535."""
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 65535 (0: any free port), got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (seconds, rates)."""
+    value = float(text)
+    if not 0.0 < value < float("inf"):  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
     return value
 
 
@@ -220,8 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     def server_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="YAML config (server: and pipelines:)")
         p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for all)")
-        p.add_argument("--port", type=int, default=50051)
-        p.add_argument("--threads", type=_positive, default=8, help="request handler threads per process (with --io threads)")
+        p.add_argument("--port", type=port_number, default=50051, help="0: any free port")
+        p.add_argument("--threads", type=positive_int, default=8, help="request handler threads per process (with --io threads)")
 
     p = sub.add_parser("serve", help="serve a model bundle over gRPC")
     p.add_argument("--model", required=True, type=Path)
@@ -229,12 +254,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=_workers, default=1, metavar="N",
                    help="server processes sharing the port with SO_REUSEPORT, under a supervisor that "
                         "forwards SIGTERM/SIGINT; 0 or 'auto': one per CPU (default 1: a single process)")
-    p.add_argument("--faiss-threads", type=int, default=1, metavar="N",
+    p.add_argument("--faiss-threads", type=non_negative_int, default=1, metavar="N",
                    help="OpenMP threads per FAISS search in each process (default 1; 0: FAISS's default)")
     p.add_argument("--io", choices=("threads", "asyncio"), default="threads",
                    help="threads: a pool of --threads handler threads per process; asyncio: handlers run inline "
                         "on one event loop per process (less CPU per request under load; use with --workers)")
-    p.add_argument("--start-timeout", type=float, default=600.0, metavar="SECONDS",
+    p.add_argument("--start-timeout", type=positive_float, default=600.0, metavar="SECONDS",
                    help="with --workers: fail if the workers are not all serving by then")
     p.set_defaults(func=_cmd_serve)
 
@@ -245,8 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def client_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--target", default=DEFAULT_TARGET, help="server address host:port")
-        p.add_argument("--timeout", type=float, default=5.0, help="seconds")
-        p.add_argument("-k", type=_positive, default=10, help="how many items")
+        p.add_argument("--timeout", type=positive_float, default=5.0, help="seconds")
+        p.add_argument("-k", type=positive_int, default=10, help="how many items")
 
     p = sub.add_parser("recommend", help="ask a running server for recommendations")
     p.add_argument("--user", default="", help="user id (empty or unknown: cold start)")
@@ -264,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="what a running server serves")
     p.add_argument("--target", default=DEFAULT_TARGET)
-    p.add_argument("--timeout", type=float, default=5.0)
+    p.add_argument("--timeout", type=positive_float, default=5.0, help="seconds")
     p.set_defaults(func=_cmd_info)
 
     p = sub.add_parser("evaluate", help="offline evaluation of every pipeline of a config on a dataset")
@@ -274,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="random", choices=["random", "temporal", "leave_last"])
     p.add_argument("--test-ratio", type=float, default=0.25)
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("-k", "--k", type=_positive, nargs="+", default=[5, 10, 20], help="cut-offs")
+    p.add_argument("-k", "--k", type=positive_int, nargs="+", default=[5, 10, 20], help="cut-offs")
     p.add_argument("--pipelines", nargs="+", default=None, help="default: every pipeline of the config")
     p.add_argument("--no-cold-start", action="store_true", help="skip the cold-start item and user runs")
     p.add_argument("--out", type=Path, default=Path("reports"), help="where report.md/json and PNGs go")
@@ -290,17 +315,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo-data", help="write a synthetic learning-marketplace dataset")
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--users", type=_positive, default=1000)
-    p.add_argument("--items", type=_positive, default=500)
-    p.add_argument("--events", type=_positive, default=20000)
+    p.add_argument("--users", type=positive_int, default=1000)
+    p.add_argument("--items", type=positive_int, default=500)
+    p.add_argument("--events", type=positive_int, default=20000)
     p.add_argument("--seed", type=int, default=7)
     p.set_defaults(func=_cmd_demo_data)
 
     p = sub.add_parser("scale-data", help="write a large synthetic dataset fast (scale tests and benchmarks)")
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--users", type=_positive, default=10_000)
-    p.add_argument("--items", type=_positive, default=5_000)
-    p.add_argument("--events", type=_positive, default=200_000)
+    p.add_argument("--users", type=positive_int, default=10_000)
+    p.add_argument("--items", type=positive_int, default=5_000)
+    p.add_argument("--events", type=positive_int, default=200_000)
     p.add_argument("--seed", type=int, default=1)
     p.set_defaults(func=_cmd_scale_data)
 

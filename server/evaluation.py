@@ -22,9 +22,10 @@ from hybridrec.v1 import recommender_pb2 as pb
 from . import metrics, splits
 from .app import load_state
 from .config import TrainingConfig, load_training_config
-from .errors import DataError
+from .errors import ConfigError, DataError
 from .movielens import convert
-from .pipeline import Pipeline
+from .pipeline import Pipeline, load_serving_config
+from .plugin_manager import Plugins
 from .service import RecommenderService
 from .training import train
 
@@ -207,6 +208,16 @@ def cold_start_users_section(table: EventTable, items_csv: Path, config: Trainin
     return {"users": len(users), "context_items": n_context, "metrics": out}
 
 
+def check_pipelines(config_path: Path, wanted: Sequence[str] | None) -> list[str]:
+    """Build the config's pipelines (so a bad stage fails now, not after training) and return
+    the `wanted` ones, all of them by default; an unknown name is a ConfigError naming the choices."""
+    available = list(load_serving_config(config_path, Plugins()).pipelines)
+    for name in wanted or ():
+        if name not in available:
+            raise ConfigError(f"{config_path}: pipeline {name!r} is not in this config; available: {', '.join(available)}")
+    return list(wanted or available)
+
+
 def evaluate(data: str | Path, config_path: str | Path, split: str = "random", test_ratio: float = 0.25,
              seed: int = 42, ks: Sequence[int] = (5, 10, 20), pipelines: Sequence[str] | None = None,
              lambdas: Sequence[float] = DEFAULT_LAMBDAS, cold_start: bool = True,
@@ -216,6 +227,7 @@ def evaluate(data: str | Path, config_path: str | Path, split: str = "random", t
     started = time.perf_counter()
     config_path = Path(config_path)
     config = load_training_config(config_path)
+    names = check_pipelines(config_path, pipelines)  # before any data is read or model trained
     ks = sorted(set(int(k) for k in ks))
     with tempfile.TemporaryDirectory(prefix="hybridrec-eval-") as tmp:
         workdir = Path(tmp)
@@ -232,11 +244,6 @@ def evaluate(data: str | Path, config_path: str | Path, split: str = "random", t
                           "seconds": round(time.perf_counter() - t0, 2)},
                 "pipelines": {},
             }
-            names = list(pipelines or service.state.config.pipelines)
-            unknown = [p for p in names if p not in service.state.config.pipelines]
-            if unknown:
-                raise DataError(f"pipeline {unknown[0]!r} is not in {config_path}; available: "
-                                f"{', '.join(service.state.config.pipelines)}")
             users, relevant = relevant_indices(service, splits.held_out_items(table.users, table.items, test))
             for pipeline in names:
                 t1 = time.perf_counter()

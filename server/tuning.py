@@ -16,7 +16,7 @@ import yaml
 from . import metrics, splits
 from .config import build_dataclass, load_yaml, TrainingConfig
 from .errors import DataError
-from .evaluation import EventTable, mmr_stage, prepare_dataset, recommend_all, relevant_indices, trained
+from .evaluation import EventTable, check_pipelines, mmr_stage, prepare_dataset, recommend_all, relevant_indices, trained
 
 log = logging.getLogger("hybridrec")
 
@@ -62,6 +62,7 @@ def tune(data: str | Path, base_config: str | Path, out_path: str | Path, pipeli
     base_config = Path(base_config)
     raw = load_yaml(base_config)
     config = build_dataclass(TrainingConfig, raw.get("training"), f"{base_config}: training")
+    check_pipelines(base_config, [pipeline] + ([mmr_pipeline] if mmr_pipeline else []))  # before any training
     trials: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="hybridrec-tune-") as tmp:
         workdir = Path(tmp)

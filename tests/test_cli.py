@@ -48,6 +48,23 @@ def test_bad_k_is_refused_by_the_parser(capsys) -> None:
     assert exc.value.code != 0
 
 
+@pytest.mark.parametrize("argv,option", [
+    (["serve", "--model", "m", "--port", "-5"], "--port"),  # gRPC would bind 65531
+    (["serve", "--model", "m", "--port", "70000"], "--port"),  # and 4464 here
+    (["demo", "--port", "99999"], "--port"),
+    (["serve", "--model", "m", "--faiss-threads", "-3"], "--faiss-threads"),
+    (["serve", "--model", "m", "--workers", "2", "--start-timeout", "-1"], "--start-timeout"),
+    (["recommend", "--user", "u", "--timeout", "0"], "--timeout"),
+    (["info", "--timeout", "nan"], "--timeout"),
+])
+def test_out_of_range_numbers_are_refused_by_the_parser(argv, option, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"hybridrec {argv[0]}: error: argument {option}") and "must be" in last
+
+
 def test_recommend_and_similar_print_tables(running_server, demo_model: Path, capsys) -> None:
     model = load_model(demo_model)
     target = f"127.0.0.1:{running_server.port}"
