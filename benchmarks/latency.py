@@ -22,6 +22,7 @@ import numpy as np
 
 from hybridrec.clients import RecommenderClient
 from hybridrec.server.bundle import MANIFEST, load_model
+from hybridrec.server.cli import non_negative_int, positive_int
 from hybridrec.server.config import BUILTIN_CONFIG_DIR, load_training_config
 from hybridrec.server.demo_data import generate
 from hybridrec.server.training import train
@@ -55,6 +56,14 @@ def wait_serving(client: RecommenderClient, proc: subprocess.Popen, limit: float
     raise SystemExit("server did not become SERVING in time")
 
 
+def client_port(text: str) -> int:
+    """argparse type: a TCP port, 1 to 65535; not 0 (any free port), as the client connects to the port given."""
+    value = int(text)
+    if not 0 < value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 65535 (the client connects to it), got {value}")
+    return value
+
+
 def percentiles(values: list[float]) -> dict[str, float]:
     arr = np.asarray(values, dtype=np.float64)
     return {"p50": float(np.percentile(arr, 50)), "p95": float(np.percentile(arr, 95)),
@@ -63,14 +72,14 @@ def percentiles(values: list[float]) -> dict[str, float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=2000)
-    parser.add_argument("--warmup", type=int, default=100)
-    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--requests", type=positive_int, default=2000)
+    parser.add_argument("--warmup", type=non_negative_int, default=100)
+    parser.add_argument("--k", type=positive_int, default=10)
     parser.add_argument("--dir", type=Path, default=Path(".hybridrec/demo"))
     parser.add_argument("--config", type=Path, default=BUILTIN_CONFIG_DIR / "default.yaml")
     parser.add_argument("--model", type=Path, default=None, help="benchmark this bundle instead of the demo one")
     parser.add_argument("--pipeline", default="")
-    parser.add_argument("--port", type=int, default=50871)
+    parser.add_argument("--port", type=client_port, default=50871)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 

@@ -51,6 +51,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+K = 10  # the lists compared: top 10, NDCG@10 and ILD@10
 
 
 def unit_rows(vectors: np.ndarray) -> np.ndarray:
@@ -208,18 +209,29 @@ def print_hit_rates(pools: list[np.ndarray], relevant: list[np.ndarray], unit: n
         print(f"{lo + 1}-{hi:<6} {cells[0]:>16} {cells[1]:>16} {cells[2]:>16}   {inner:>36}")
 
 
+def unit_interval(text: str) -> float:
+    """argparse type: a weight between 0 and 1 (an MMR or xQuAD lambda)."""
+    value = float(text)
+    if not 0.0 <= value <= 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
 def main() -> int:
+    from hybridrec.server.cli import int_at_least, non_negative_float
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "ml-100k"))
     parser.add_argument("--config", type=Path, default=REPO / "server" / "configs" / "movielens-100k.yaml")
-    parser.add_argument("--pool", type=int, default=50)
-    parser.add_argument("--lambdas", type=float, nargs="*", default=[0.5, 0.3, 0.2])
-    parser.add_argument("--betas", type=float, nargs="*", default=[3.0, 5.0, 8.0])
-    parser.add_argument("--deep-pools", type=int, nargs="*", default=[100, 200], help="MMR over deeper pools")
-    parser.add_argument("--alphas", type=float, nargs="*", default=[1.0, 2.0], help="DPP quality sharpness")
-    parser.add_argument("--xquad-lambdas", type=float, nargs="*", default=[0.5, 0.9],
+    # pools: at least the K items listed; --pool one more, as the set search swaps in items from beyond the top K
+    parser.add_argument("--pool", type=int_at_least(K + 1), default=50)
+    parser.add_argument("--lambdas", type=unit_interval, nargs="*", default=[0.5, 0.3, 0.2])
+    parser.add_argument("--betas", type=non_negative_float, nargs="*", default=[3.0, 5.0, 8.0])
+    parser.add_argument("--deep-pools", type=int_at_least(K), nargs="*", default=[100, 200], help="MMR over deeper pools")
+    parser.add_argument("--alphas", type=non_negative_float, nargs="*", default=[1.0, 2.0], help="DPP quality sharpness")
+    parser.add_argument("--xquad-lambdas", type=unit_interval, nargs="*", default=[0.5, 0.9],
                         help="weight of the history-coverage term in xQuAD")
-    parser.add_argument("--rank-betas", type=float, nargs="*", default=[1.2, 2.0],
+    parser.add_argument("--rank-betas", type=non_negative_float, nargs="*", default=[1.2, 2.0],
                         help="diversity weight of the set search on P(hit | rank)")
     args = parser.parse_args()
 
@@ -228,7 +240,7 @@ def main() -> int:
     from hybridrec.server.config import load_training_config
     from hybridrec.v1 import recommender_pb2 as pb
 
-    k = 10
+    k = K
     discount = 1.0 / np.log2(np.arange(2, k + 2))
     config = load_training_config(args.config)
     with tempfile.TemporaryDirectory(prefix="hybridrec-mmr-") as tmp:

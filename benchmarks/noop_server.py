@@ -27,6 +27,7 @@ import grpc  # noqa: E402
 
 from hybridrec.server.aio import run_async  # noqa: E402
 from hybridrec.server.app import reserve_port  # noqa: E402
+from hybridrec.server.cli import port_number, positive_int  # noqa: E402
 from hybridrec.server.interceptors import call_metadata  # noqa: E402
 from hybridrec.v1 import recommender_pb2 as pb  # noqa: E402
 from hybridrec.v1 import recommender_pb2_grpc as pb_grpc  # noqa: E402
@@ -84,11 +85,9 @@ def stop(pids: list[int]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--port", type=port_number, default=0)
+    parser.add_argument("--workers", type=positive_int, default=1)
     args = parser.parse_args()
-    if args.workers < 1:
-        parser.error("--workers must be >= 1")
     reserved, port = reserve_port(args.host, args.port)  # held (not listening) until the end
     address = f"{args.host}:{port}"
     ready_r, ready_w = os.pipe()

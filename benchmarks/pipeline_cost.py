@@ -112,17 +112,23 @@ def read(proc: subprocess.Popen, label: str) -> dict:
 
 
 def main() -> int:
+    if "--worker" in sys.argv[1:]:  # its arguments come from the parent, which checked them; and its hybridrec
+        positive_int = int  # may be another revision's (--against), older than these argparse types
+    else:
+        from hybridrec.server.cli import positive_int
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=REPO / ".hybridrec/bench/large/model")
     parser.add_argument("--config", type=Path, default=REPO / "server/configs/large.yaml")
     parser.add_argument("--pipeline", default="", help="pipeline to request (default: the config's default)")
-    parser.add_argument("--requests", type=int, default=2000)
-    parser.add_argument("--k", type=int, default=10)
-    parser.add_argument("--passes", type=int, default=6, help="timed passes over the requests per side")
-    parser.add_argument("--chunk", type=int, default=100,
+    parser.add_argument("--requests", type=positive_int, default=2000)
+    parser.add_argument("--k", type=positive_int, default=10)
+    parser.add_argument("--passes", type=positive_int, default=6, help="timed passes over the requests per side")
+    parser.add_argument("--chunk", type=positive_int, default=100,
                         help="requests per turn: the sides alternate every CHUNK requests within a pass")
     parser.add_argument("--against", default=None, help="a git revision to compare with, run from a worktree")
-    parser.add_argument("--cpu", type=int, default=max(os.sched_getaffinity(0)),
+    cpus = sorted(os.sched_getaffinity(0))
+    parser.add_argument("--cpu", type=int, choices=cpus, default=cpus[-1],
                         help="the one CPU both sides run on (default: the last this process may use), so they "
                              "never differ by the core they got")
     parser.add_argument("--allow-different-answers", action="store_true")
@@ -134,8 +140,6 @@ def main() -> int:
     if not (args.model / "manifest.json").is_file():
         raise SystemExit(f"pipeline_cost: {args.model} is not a bundle (no manifest.json); build one with "
                          "`make bench-scale` or `hybridrec train`")
-    if args.passes < 1 or args.chunk < 1 or args.requests < 1:
-        raise SystemExit("pipeline_cost: --passes, --chunk and --requests must be >= 1")
     with tempfile.TemporaryDirectory(prefix="pipeline_cost-") as tmp:
         sides = {"this checkout": start(args, None)}
         worktree = None

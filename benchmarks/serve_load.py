@@ -330,6 +330,8 @@ def level_result(mode: str, level: float, duration: float, lat_all: np.ndarray, 
     many answers listed a degraded stage (e.g. served by an overload fallback pipeline)."""
     srv_all = server_us.astype(np.float64) / 1000.0
     seconds = window["seconds"]
+    per_request = (round(window["server"] / seconds * 1000.0 / (len(lat_all) / duration), 3) if len(lat_all)
+                   else float("nan"))  # no answered call: no CPU per call to speak of
     return {
         "mode": mode, "level": level, "duration_s": duration, "requests": int(len(lat_all)),
         "throughput_rps": round(len(lat_all) / duration, 1),
@@ -341,7 +343,7 @@ def level_result(mode: str, level: float, duration: float, lat_all: np.ndarray, 
                       "machine": round(window["machine"] / seconds, 2),
                       "machine_total": round(window["machine_total"] / seconds, 2),
                       "steal": round(window["steal"] / seconds, 3)},
-        "server_cpu_ms_per_request": round(window["server"] / seconds * 1000.0 / max(len(lat_all) / duration, 1e-9), 3),
+        "server_cpu_ms_per_request": per_request,
         "loadavg": loadavg(),
     }
 
@@ -489,9 +491,20 @@ class NativeGenerator:
         pass
 
 
+def level_name(r: dict) -> str:
+    return f"c={r['level']}" if r["mode"] == "closed" else f"rate={r['level']:g}/s"
+
+
+def unanswered_levels(runs: list[dict]) -> list[str]:
+    """The measured levels with no successful request (every call failed), each named with its errors."""
+    return [f"{run['model']} workers={run['workers']} {level_name(r)} ({r['generator']}: "
+            + (", ".join(f"{n} {kind}" for kind, n in sorted(r["error_kinds"].items())) or "no call counted") + ")"
+            for run in runs for r in run["levels"] if r["requests"] == 0]
+
+
 def fmt_row(label: str, workers: int, r: dict) -> list[str]:
     lat, srv, cpu = r["latency_ms"], r["server_ms"], r["cpu_cores"]
-    level = f"c={r['level']}" if r["mode"] == "closed" else f"rate={r['level']:g}/s"
+    level = level_name(r)
     spread = "/".join(str(v) for v in sorted(r["served_by_pid"].values(), reverse=True))
     return [label, str(workers), level, f"{r['throughput_rps']:.0f}", f"{lat['p50']:.2f}", f"{lat['p95']:.2f}",
             f"{lat['p99']:.2f}", f"{lat['max']:.1f}", str(r["errors"]), f"{100 * r['degraded_share']:.1f}%",
@@ -534,6 +547,11 @@ def models_to_run(args: argparse.Namespace) -> list[tuple[str, Path, Path]]:
 
 
 def main() -> int:
+    # here, not at the top: pipeline_cost.py imports this module (the request mix) under another
+    # revision's hybridrec (--against), which may predate these
+    from hybridrec.server.app import resolve_workers
+    from hybridrec.server.cli import non_negative_float, non_negative_int, positive_float, positive_int
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--model", type=Path, help="a bundle directory to serve")
@@ -543,29 +561,31 @@ def main() -> int:
     parser.add_argument("--scale-config", type=Path, help="config of the --sizes bundles (default: server/configs/large.yaml)")
     parser.add_argument("--demo", action="store_true", help="include the demo model with --model/--sizes")
     parser.add_argument("--demo-dir", type=Path, default=Path(".hybridrec/demo"))
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="server worker counts to compare")
-    parser.add_argument("--threads", type=int, default=8, help="handler threads per server process")
+    parser.add_argument("--workers", type=non_negative_int, nargs="+", default=[1, 2],
+                        help="server worker counts to compare (0: one per CPU, as `hybridrec serve --workers 0`)")
+    parser.add_argument("--threads", type=positive_int, default=8, help="handler threads per server process")
     parser.add_argument("--server-arg", action="append", default=[], help="extra `hybridrec serve` argument (repeat)")
-    parser.add_argument("--concurrency", type=int, nargs="*", default=[1, 4, 16, 64], help="closed-loop levels")
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds measured per closed-loop level")
-    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of load before measuring each level")
-    parser.add_argument("--rate", type=float, nargs="*", default=[], help="open-loop target rates (requests/s)")
-    parser.add_argument("--rate-duration", type=float, default=30.0, help="seconds measured per open-loop rate")
+    parser.add_argument("--concurrency", type=positive_int, nargs="*", default=[1, 4, 16, 64], help="closed-loop levels")
+    parser.add_argument("--duration", type=positive_float, default=10.0, help="seconds measured per closed-loop level")
+    parser.add_argument("--warmup", type=non_negative_float, default=2.0, help="seconds of load before measuring each level")
+    parser.add_argument("--rate", type=positive_float, nargs="*", default=[], help="open-loop target rates (requests/s)")
+    parser.add_argument("--rate-duration", type=positive_float, default=30.0, help="seconds measured per open-loop rate")
     parser.add_argument("--generator", choices=["native", "python"], nargs="+", default=["native"],
                         help="load generator(s), each running every level in the order given: native (benchmarks/loadgen.c, built with the C compiler; a few us of "
                              "CPU per call) or python (grpc.aio; about 0.5 ms of CPU per call, taken from the "
                              "server's cores on a small machine)")
-    parser.add_argument("--clients", type=int, default=1, help="load-generator processes (--generator python)")
-    parser.add_argument("--channels", type=int, default=16, help="gRPC channels (connections) per load process")
-    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--clients", type=positive_int, default=1, help="load-generator processes (--generator python)")
+    parser.add_argument("--channels", type=positive_int, default=16, help="gRPC channels (connections) per load process")
+    parser.add_argument("--k", type=positive_int, default=10)
     parser.add_argument("--pipeline", default="", help="pipeline to request (default: the config's default)")
-    parser.add_argument("--timeout", type=float, default=5.0, help="per-request deadline (s)")
-    parser.add_argument("--start-timeout", type=float, default=900.0, help="seconds for the server to start")
+    parser.add_argument("--timeout", type=positive_float, default=5.0, help="per-request deadline (s)")
+    parser.add_argument("--start-timeout", type=positive_float, default=900.0, help="seconds for the server to start")
     parser.add_argument("--noop", action="store_true",
                         help="after each server, the same levels against benchmarks/noop_server.py with as many "
                              "workers: gRPC Python without a pipeline, the floor of a call's cost on this host")
     parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "serve_load.json")
     args = parser.parse_args()
+    args.workers = [resolve_workers(workers) for workers in args.workers]  # 0: one per CPU, counted as serve counts
 
     report = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -647,6 +667,10 @@ def main() -> int:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.json}")
+    failed = unanswered_levels(report["runs"])
+    if failed:  # a level whose every call failed measured nothing: not a result to compare
+        print(f"serve_load: no successful request at {'; '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 

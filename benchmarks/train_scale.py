@@ -285,15 +285,28 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def hnsw_params(text: str) -> tuple[int, int]:
+    """argparse type for --hnsw: "M,EFC", M >= 2 (FAISS's level multiplier is 1 / ln M) and efConstruction >= 1."""
+    try:
+        m, efc = (int(part) for part in text.split(","))
+    except ValueError:  # not an integer, or not two of them
+        raise argparse.ArgumentTypeError(f"must be two integers M,EFC (e.g. 32,40), got {text!r}") from None
+    if m < 2 or efc < 1:
+        raise argparse.ArgumentTypeError(f"M must be >= 2 and EFC >= 1, got {text!r}")
+    return m, efc
+
+
 def main() -> int:
+    from hybridrec.server.cli import positive_int
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="small,medium", help="comma-separated: small, medium, large")
     parser.add_argument("--root", type=Path, default=REPO / ".hybridrec" / "bench")
     parser.add_argument("--config", type=Path, default=REPO / "server" / "configs" / "large.yaml")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--queries", type=positive_int, default=1000)
     parser.add_argument("--no-retrain", action="store_true", help="reuse an existing bundle instead of training")
-    parser.add_argument("--hnsw", default=None, metavar="M,EFC",
+    parser.add_argument("--hnsw", type=hnsw_params, default=None, metavar="M,EFC",
                         help="also build HNSW<M> with this efConstruction over each bundle's vectors "
                              "and measure its build time, recall and latency per efSearch (e.g. 32,40)")
     parser.add_argument("--hnsw-indexes", default="cf,content", help="which bundle vectors --hnsw indexes")
@@ -308,9 +321,8 @@ def main() -> int:
     results = json.loads(args.out.read_text()) if args.out.is_file() else {}
     results = results.get("sizes", results) if isinstance(results, dict) else {}
     for size in sizes:
-        hnsw = tuple(int(x) for x in args.hnsw.split(",")) if args.hnsw else None
         previous = results.get(size, {})
-        results[size] = bench_size(size, args.root, args.config, args.seed, args.queries, not args.no_retrain, hnsw,
+        results[size] = bench_size(size, args.root, args.config, args.seed, args.queries, not args.no_retrain, args.hnsw,
                                    tuple(args.hnsw_indexes.split(",")))
         if args.no_retrain and "train" in previous and "train" not in results[size]:
             results[size]["train"] = previous["train"]  # the bundle is the one that run trained

@@ -230,6 +230,14 @@ def positive_float(text: str) -> float:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite number >= 0 (seconds that may be none, e.g. a warm-up)."""
+    value = float(text)
+    if not 0.0 <= value < float("inf"):  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hybridrec", description="Hybrid recommendation model server.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")

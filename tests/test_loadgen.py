@@ -3,10 +3,12 @@ server: what it reports for each call is what the server answered."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -179,3 +181,45 @@ def test_pipeline_cost_refuses_a_directory_that_is_not_a_bundle(tmp_path: Path) 
     assert done.returncode != 0
     assert done.stderr.strip().splitlines() == [f"pipeline_cost: {tmp_path} is not a bundle (no manifest.json); "
                                                 "build one with `make bench-scale` or `hybridrec train`"]
+
+
+def test_a_level_with_no_answer_has_no_cpu_per_request_and_is_named(serve_load) -> None:
+    window = {"seconds": 2.0, "server": 1.0, "machine": 2.0, "machine_total": 4.0, "steal": 0.0}
+    answered = serve_load.level_result("closed", 4, 2.0, np.full(100, 3.0, np.float32), np.full(100, 900, np.int64),
+                                       Counter({"123": 100}), Counter(), 0.1, window, 0)
+    assert answered["server_cpu_ms_per_request"] == 10.0  # 0.5 cores over 50 requests/s
+    failed = serve_load.level_result("open", 500.0, 2.0, np.zeros(0, np.float32), np.zeros(0, np.int64), Counter(),
+                                     Counter({"DEADLINE_EXCEEDED": 990, "no_answer_by_deadline": 10}), 0.1, window, 0)
+    assert failed["requests"] == 0 and math.isnan(failed["server_cpu_ms_per_request"])  # not CPU / ~0 requests
+    assert "nan" in serve_load.fmt_row("demo", 2, failed)
+    runs = [{"model": "demo", "workers": 2, "levels": [dict(answered, generator="native"),
+                                                       dict(failed, generator="python")]}]
+    assert serve_load.unanswered_levels(runs) == [
+        "demo workers=2 rate=500/s (python: 990 DEADLINE_EXCEEDED, 10 no_answer_by_deadline)"]
+
+
+@pytest.mark.parametrize(("script", "args", "argument"), [
+    ("serve_load.py", ["--demo", "--concurrency", "1", "--duration", "0"], "--duration"),
+    ("serve_load.py", ["--k", "0"], "--k"),
+    ("serve_load.py", ["--timeout", "0"], "--timeout"),
+    ("serve_load.py", ["--generator", "python", "--clients", "0"], "--clients"),
+    ("serve_load.py", ["--channels", "0"], "--channels"),
+    ("serve_load.py", ["--rate", "1000", "-5"], "--rate"),
+    ("serve_load.py", ["--workers", "-1"], "--workers"),
+    ("serve_load.py", ["--warmup", "nan"], "--warmup"),
+    ("pipeline_cost.py", ["--passes", "0"], "--passes"),
+    ("pipeline_cost.py", ["--cpu", str(max(os.sched_getaffinity(0)) + 1)], "--cpu"),
+    ("latency.py", ["--port", "70000"], "--port"),
+    ("latency.py", ["--port", "0"], "--port"),
+    ("noop_server.py", ["--workers", "0"], "--workers"),
+    ("train_scale.py", ["--hnsw", "1,40"], "--hnsw"),
+    ("mmr_frontier.py", ["--lambdas", "0.5", "1.5"], "--lambdas"),
+    ("mmr_frontier.py", ["--pool", "10"], "--pool"),
+])
+def test_benchmarks_refuse_out_of_range_arguments(script: str, args: list[str], argument: str) -> None:
+    # refused by the parser: before any data, model, server or load generator
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == ""
+    assert done.stderr.strip().splitlines()[-1].startswith(f"{script}: error: argument {argument}: ")
