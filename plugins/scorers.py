@@ -19,6 +19,8 @@ def normalise(column: np.ndarray, how: str) -> np.ndarray:
 
 def _normalise(column: np.ndarray, how: str) -> tuple[np.ndarray, bool]:
     """`normalise`, and whether the column scored any item."""
+    if column.shape[0] == 0:  # every candidate filtered out (e.g. the request excluded them all)
+        return np.zeros(0, dtype=np.float32), False
     values = column.astype(np.float64)
     if not math.isnan(values.sum()):  # the usual case once missing scores are filled: no mask
         valid = None
@@ -76,8 +78,8 @@ class WeightedHybrid(Scorer):
         if self.params.normalise not in NORMALISERS:
             raise ValueError(f"normalise {self.params.normalise!r} is not one of: {', '.join(NORMALISERS)}")
         for source, weight in self.params.weights.items():
-            if not isinstance(weight, (int, float)) or isinstance(weight, bool) or weight < 0:
-                raise ValueError(f"weights.{source} must be a number >= 0, got {weight!r}")
+            if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not 0 <= weight < math.inf:
+                raise ValueError(f"weights.{source} must be a finite number >= 0, got {weight!r}")
         if not any(w > 0 for w in self.params.weights.values()):
             raise ValueError("weights: at least one weight must be > 0")
         if not 0.0 <= self.params.prior_weight <= 1.0:

@@ -210,18 +210,22 @@ def save_bundle(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     files: dict[str, dict[str, Any]] = {}
-    for name in [*ARRAYS, *(n for n in [*OPTIONAL_ARRAYS, *EXTRA_ARRAYS] if n in arrays)]:
-        path = tmp / f"{name}.npy"
-        np.save(path, arrays[name], allow_pickle=False)
-    for name in INDEXES:
-        faiss.write_index(indexes[name], str(tmp / f"{name}.faiss"))
-    paths = sorted(tmp.iterdir())
-    with ThreadPoolExecutor(HASH_THREADS) as pool:
-        digests = list(pool.map(_sha256, paths))
-    for path, digest in zip(paths, digests):
-        files[path.name] = {"bytes": path.stat().st_size, "sha256": digest}
-    manifest = dict(manifest, format_version=FORMAT_VERSION, files=files)
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    try:
+        for name in [*ARRAYS, *(n for n in [*OPTIONAL_ARRAYS, *EXTRA_ARRAYS] if n in arrays)]:
+            path = tmp / f"{name}.npy"
+            np.save(path, arrays[name], allow_pickle=False)
+        for name in INDEXES:
+            faiss.write_index(indexes[name], str(tmp / f"{name}.faiss"))
+        paths = sorted(tmp.iterdir())
+        with ThreadPoolExecutor(HASH_THREADS) as pool:
+            digests = list(pool.map(_sha256, paths))
+        for path, digest in zip(paths, digests):
+            files[path.name] = {"bytes": path.stat().st_size, "sha256": digest}
+        manifest = dict(manifest, format_version=FORMAT_VERSION, files=files)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    except BaseException:  # a full disk or ^C: leave no partial copy of the arrays beside the bundle
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if out_dir.exists():
         old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
         out_dir.rename(old)

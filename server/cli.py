@@ -198,12 +198,13 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
-def int_at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse type: an integer >= `minimum`."""
+def int_at_least(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer >= `minimum` (and <= `maximum`, when given)."""
     def parse(text: str) -> int:
         value = int(text)
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
         return value
 
     parse.__name__ = f"integer >= {minimum}"  # argparse names it in "invalid ... value"
@@ -212,6 +213,7 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
 
 positive_int = int_at_least(1)
 non_negative_int = int_at_least(0)
+request_k = int_at_least(1, 2**31 - 1)  # k is an int32 in the request
 
 
 def port_number(text: str) -> int:
@@ -279,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     def client_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--target", default=DEFAULT_TARGET, help="server address host:port")
         p.add_argument("--timeout", type=positive_float, default=5.0, help="seconds")
-        p.add_argument("-k", type=positive_int, default=10, help="how many items")
+        p.add_argument("-k", type=request_k, default=10, help="how many items")
 
     p = sub.add_parser("recommend", help="ask a running server for recommendations")
     p.add_argument("--user", default="", help="user id (empty or unknown: cold start)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: cannot read config: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -144,8 +147,8 @@ def _check_type(value: Any, annotation: Any) -> bool:
         return "None" in text
     if text.startswith("int"):
         return isinstance(value, int) and not isinstance(value, bool)
-    if text.startswith("float"):
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if text.startswith("float"):  # YAML's .nan would pass every range check after this one
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
     if text.startswith("str"):
         return isinstance(value, str)
     if text.startswith("bool"):
@@ -167,7 +170,7 @@ def build_dataclass(cls: type, data: Any, where: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(set(data) - set(fields), key=str)  # YAML keys need not all be strings
     if unknown:
         raise ConfigError(
             f"{where}: unknown key {unknown[0]!r}; valid keys: {', '.join(sorted(fields))}"
@@ -220,8 +223,17 @@ def load_training_config(path: str | Path | None) -> TrainingConfig:
     if events.transform not in ("none", "log1p"):
         raise ConfigError(f"{path}: training.events.transform: {events.transform!r} is not one of: none, log1p")
     for name, weight in events.weights.items():
-        if not isinstance(weight, (int, float)) or weight < 0:
-            raise ConfigError(f"{path}: training.events.weights.{name}: must be a number >= 0, got {weight!r}")
+        if not isinstance(weight, (int, float)) or not 0 <= weight < math.inf:
+            raise ConfigError(f"{path}: training.events.weights.{name}: must be a finite number >= 0, got {weight!r}")
+    if not 0 <= events.default_weight < math.inf:
+        raise ConfigError(f"{path}: training.events.default_weight: must be a finite number >= 0, "
+                          f"got {events.default_weight!r}")
+    for name, scale in events.value_scaled.items():
+        if not isinstance(scale, (int, float)) or not 0 < scale < math.inf:
+            raise ConfigError(f"{path}: training.events.value_scaled.{name}: must be a finite number > 0 "
+                              f"(the value that keeps the weight), got {scale!r}")
+    if not 0 <= config.seed < 2**32:
+        raise ConfigError(f"{path}: training.seed: must be between 0 and {2**32 - 1}, got {config.seed!r}")
     if config.item_item.method not in ("auto", "ease", "dlae", "knn", "none"):
         raise ConfigError(f"{path}: training.item_item.method: {config.item_item.method!r} is not one of: "
                           "auto, ease, dlae, knn, none")
@@ -245,8 +257,19 @@ def load_training_config(path: str | Path | None) -> TrainingConfig:
                                   f"efSearch, efConstruction with an integer >= 1, got {value!r}")
     if config.collaborative.components < 1:
         raise ConfigError(f"{path}: training.collaborative.components: must be >= 1")
+    if config.collaborative.n_iter < 0:
+        raise ConfigError(f"{path}: training.collaborative.n_iter: must be >= 0")
     if config.content.dims < 1:
         raise ConfigError(f"{path}: training.content.dims: must be >= 1")
+    if config.content.max_features < 1:
+        raise ConfigError(f"{path}: training.content.max_features: must be >= 1")
+    if not all(isinstance(name, str) for name in config.content.text_fields):
+        raise ConfigError(f"{path}: training.content.text_fields: must be a list of column names, "
+                          f"got {config.content.text_fields!r}")
+    half_life = config.popularity.half_life_days
+    if half_life is not None and not half_life > 0:
+        raise ConfigError(f"{path}: training.popularity.half_life_days: must be > 0 or null (no decay), "
+                          f"got {half_life!r}")
     candidates = config.collaborative.user_candidates
     if not isinstance(candidates, int) or isinstance(candidates, bool) or candidates < 0:
         raise ConfigError(f"{path}: training.collaborative.user_candidates: must be an integer >= 0 (0: none stored), "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -22,6 +23,7 @@ from .errors import DataError
 log = logging.getLogger("hybridrec")
 
 EVENT_COLUMNS = ("user_id", "item_id", "event_type", "timestamp")
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # given vectors are stored as float32
 
 
 @dataclass
@@ -54,9 +56,11 @@ def parse_timestamp(text: str) -> int | None:
     if not text:
         return None
     try:
-        return int(float(text))
-    except ValueError:
+        seconds = int(float(text))
+    except (ValueError, OverflowError):  # not a number, or infinity
         pass
+    else:
+        return seconds if -2**63 <= seconds < 2**63 else None  # stored as int64
     try:
         parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
@@ -64,6 +68,15 @@ def parse_timestamp(text: str) -> int | None:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)
     return int(parsed.timestamp())
+
+
+def parse_value(text: str) -> float | None:
+    """A `value` cell as a number that can scale a weight (finite, >= 0); None when it is not."""
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return number if 0.0 <= number < math.inf else None  # nan fails both
 
 
 def _open_csv(path: Path, required: tuple[str, ...], what: str) -> tuple[csv.DictReader, object]:
@@ -166,11 +179,11 @@ def _read_events_rows(path: Path, config: EventsConfig) -> EventLog:
             if has_value and event in config.value_scaled:
                 raw = (row.get("value") or "").strip()
                 if raw:
-                    try:
-                        weight *= float(raw) / float(config.value_scaled[event])
-                    except ValueError:
+                    number = parse_value(raw)
+                    if number is None:
                         bad["bad value"] += 1
                         continue
+                    weight *= number / float(config.value_scaled[event])
             per_type[event] += 1
             users.append(user_codes.setdefault(user, len(user_codes)))
             items.append(item_codes.setdefault(item, len(item_codes)))
@@ -249,8 +262,9 @@ def parse_vectors(values: list[str], column: str, item_ids: list[str]) -> np.nda
             vec = json.loads(text) if text else None
         except ValueError:
             raise DataError(f"items: {column} of item {item!r} is not a JSON array") from None
-        if not isinstance(vec, list) or not vec or not all(isinstance(x, (int, float)) for x in vec):
-            raise DataError(f"items: {column} of item {item!r} must be a non-empty JSON array of numbers")
+        if not isinstance(vec, list) or not vec or not all(
+                isinstance(x, (int, float)) and abs(x) <= FLOAT32_MAX for x in vec):  # NaN fails too
+            raise DataError(f"items: {column} of item {item!r} must be a non-empty JSON array of finite numbers")
         if dims is None:
             dims = len(vec)
         elif len(vec) != dims:

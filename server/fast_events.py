@@ -161,16 +161,9 @@ def _timestamps(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(values), np.concatenate(ok)
 
 
-def _number(text: str) -> float | None:
-    try:
-        return float(text)
-    except ValueError:
-        return None
-
-
 def read_events_arrow(path: Path, config: EventsConfig, header: list[str]) -> tuple[EventLog | None, str]:
     """The EventLog of `path`, or (None, why) when this reader must not be used for it."""
-    from .data import EVENT_COLUMNS, EventLog
+    from .data import EVENT_COLUMNS, EventLog, parse_value
 
     if len(set(header)) != len(header):
         return None, "duplicate column names"
@@ -234,7 +227,7 @@ def read_events_arrow(path: Path, config: EventsConfig, header: list[str]) -> tu
         scale_of = np.array([float(config.value_scaled[n]) if n in config.value_scaled else np.nan
                              for n in event_names], dtype=np.float64)
         stripped = [v.strip() for v in value_dict]
-        numbers = [_number(v) if v else None for v in stripped]
+        numbers = [parse_value(v) if v else None for v in stripped]
         given = np.array([bool(v) for v in stripped], dtype=bool)
         bad_number = np.array([bool(v) and n is None for v, n in zip(stripped, numbers)], dtype=bool)
         number = np.array([n if n is not None else np.nan for n in numbers], dtype=np.float64)

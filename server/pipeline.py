@@ -18,6 +18,7 @@ from .stages import (Candidates, CandidateSource, Filter, RequestContext, Rerank
 
 log = logging.getLogger("hybridrec")
 
+MAX_K = 2**31 - 1  # the largest k a request can carry, and the largest max_k ModelInfo can report
 SECTIONS = {"candidates": "candidates", "filters": "filter", "scorer": "scorer", "rerankers": "reranker"}
 
 
@@ -161,10 +162,10 @@ def build_stage(plugins: Plugins, kind: str, entry: Any, where: str, pipeline: s
     """Build one stage from its YAML entry: `{plugin: NAME, name: ..., params: {...}}`."""
     if isinstance(entry, str):
         entry = {"plugin": entry}
-    if not isinstance(entry, dict) or "plugin" not in entry:
+    if not isinstance(entry, dict) or not isinstance(entry.get("plugin"), str):
         raise ConfigError(f"{where}: each stage needs a `plugin:` name; valid choices for {kind}: "
                           f"{', '.join(plugins.choices(kind))}")
-    extra = sorted(set(entry) - {"plugin", "name", "params"})
+    extra = sorted(set(entry) - {"plugin", "name", "params"}, key=str)
     if extra:
         raise ConfigError(f"{where}: unknown key {extra[0]!r} in stage (valid: plugin, name, params)")
     plugin = entry["plugin"]
@@ -188,7 +189,7 @@ def build_pipeline(plugins: Plugins, name: str, spec: Any, source: str) -> Pipel
     where = f"{source}: pipeline {name!r}"
     if not isinstance(spec, dict):
         raise ConfigError(f"{where}: expected a mapping with candidates, filters, scorer, rerankers")
-    unknown = sorted(set(spec) - set(SECTIONS) - {"fill_missing_scores"})
+    unknown = sorted(set(spec) - set(SECTIONS) - {"fill_missing_scores"}, key=str)
     if unknown:
         raise ConfigError(f"{where}: unknown section {unknown[0]!r}; valid: "
                           f"{', '.join(sorted(SECTIONS))}, fill_missing_scores")
@@ -228,8 +229,8 @@ def load_serving_config(path: str | Path, plugins: Plugins) -> ServingConfig:
     """Build every pipeline of a config file; errors name file, pipeline, stage and choices."""
     data = load_yaml(path)
     server = build_dataclass(ServerSection, data.get("server"), f"{path}: server")
-    if server.max_k < 1:
-        raise ConfigError(f"{path}: server.max_k must be >= 1")
+    if not 1 <= server.max_k <= MAX_K:
+        raise ConfigError(f"{path}: server.max_k must be between 1 and {MAX_K} (k is an int32 field)")
     specs = data.get("pipelines")
     if not isinstance(specs, dict) or not specs:
         raise ConfigError(f"{path}: needs a `pipelines:` mapping with at least one pipeline")

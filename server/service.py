@@ -42,6 +42,12 @@ def item_indices(model: Model, ids: list[str], field: str) -> np.ndarray:
     return np.fromiter((index[i] for i in ids if i in index), dtype=np.int64)
 
 
+def shown(value: str, limit: int = 100) -> str:
+    """`value` quoted for an error message, cut to `limit` characters: a status message goes back
+    in a trailer that clients refuse past 8 to 16 KB, which would hide the error behind another."""
+    return repr(value) if len(value) <= limit else repr(value[:limit]) + f"... ({len(value)} characters)"
+
+
 def check_k(k: int, max_k: int) -> None:
     if k < 1 or k > max_k:
         raise InvalidArgument(f"k must be between 1 and {max_k} (the server's max_k); got {k}")
@@ -72,7 +78,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         name = request.pipeline or config.default_pipeline
         pipeline = config.pipelines.get(name)
         if pipeline is None:
-            raise InvalidArgument(f"pipeline: unknown pipeline {name!r}; available: {', '.join(config.pipelines)}")
+            raise InvalidArgument(f"pipeline: unknown pipeline {shown(name)}; available: {', '.join(config.pipelines)}")
         fallback = None
         guard = self.guard
         if guard is not None and guard.level:  # saturated: a cheaper pipeline, if it has one
@@ -128,7 +134,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         model = state.model
         index = model.item_index.get(request.item_id)
         if index is None:
-            raise NotFound(f"item_id: unknown item {request.item_id!r}")
+            raise NotFound(f"item_id: unknown item {shown(request.item_id)}")
         items, scores = similar_items(model, index, request.k)
         return pb.SimilarItemsResponse(
             items=[pb.ScoredItem(item_id=str(model.item_ids[i]), score=float(s)) for i, s in zip(items, scores)],

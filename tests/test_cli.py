@@ -56,6 +56,8 @@ def test_bad_k_is_refused_by_the_parser(capsys) -> None:
     (["serve", "--model", "m", "--workers", "2", "--start-timeout", "-1"], "--start-timeout"),
     (["recommend", "--user", "u", "--timeout", "0"], "--timeout"),
     (["info", "--timeout", "nan"], "--timeout"),
+    (["recommend", "--user", "u", "-k", "2147483648"], "-k"),  # protobuf's "Value out of range" named no option
+    (["similar", "--item", "i", "-k", "99999999999"], "-k"),
 ])
 def test_out_of_range_numbers_are_refused_by_the_parser(argv, option, capsys) -> None:
     with pytest.raises(SystemExit) as exc:

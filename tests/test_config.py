@@ -2,6 +2,7 @@
 naming the file, the pipeline, the stage, the plugin and the valid choices."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,27 @@ def test_structure_errors(plugins: Plugins, tmp_path: Path) -> None:
 def test_missing_file(plugins: Plugins, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read config"):
         load_serving_config(tmp_path / "absent.yaml", plugins)
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe\x00pipelines")  # a ValueError that named no file
+    with pytest.raises(ConfigError, match=r"binary\.yaml: cannot read config: not UTF-8 text"):
+        load_serving_config(binary, plugins)
+
+
+def test_values_no_request_could_use_are_refused(plugins: Plugins, tmp_path: Path) -> None:
+    """Each of these once started a server or failed with a TypeError (a list as `plugin:`, keys of
+    mixed types): max_k past int32 failed every GetModelInfo, and NaN or infinity passed the range checks."""
+    good = ("pipelines:\n  p:\n    candidates: [{plugin: popularity}]\n"
+            "    scorer: {plugin: weighted_hybrid, params: {weights: {popularity: 1}}}\n")
+    cases = {
+        "server: {max_k: 2147483648}\n" + good: "server.max_k must be between 1 and 2147483647",
+        good.replace("plugin: popularity", "plugin: [popularity]"): "each stage needs a `plugin:` name; valid choices",
+        good.replace("popularity: 1", "popularity: .inf"): "weights.popularity must be a finite number >= 0",
+        "server: {overload: {escalate_ms: .nan}}\n" + good: "server.overload.escalate_ms: expected float, got nan",
+        "server: {5: 1, x: 2}\n" + good: "server: unknown key 5; valid keys: default_pipeline",
+        good.replace("{plugin: popularity}", "{plugin: popularity, 5: 1, x: 2}"): "unknown key 5 in stage",
+        good.replace("    scorer:", "    5: 1\n    x: 2\n    scorer:"): "unknown section 5",
+    }
+    for text, expected in cases.items():
+        with pytest.raises(ConfigError, match=re.escape(expected)):
+            load_serving_config(write(tmp_path, text), plugins)
+    assert load_serving_config(write(tmp_path, "server: {max_k: 2147483647}\n" + good), plugins).max_k == 2**31 - 1

@@ -75,6 +75,15 @@ def test_exclusions_are_honoured(client: RecommenderClient, model) -> None:
     assert len(again.items) == 5
 
 
+def test_excluding_every_item_answers_no_items_and_degrades_nothing(client: RecommenderClient, model) -> None:
+    everything = [str(i) for i in model.item_ids]
+    user = users_by_activity(model)[0]
+    for p in client.model_info().pipelines:
+        for kwargs in ({"exclude": everything}, {"context_items": everything}):
+            result = client.recommend(user, k=10, pipeline=p.name, explain=True, **kwargs)
+            assert result.items == [] and result.degraded_stages == [], (p.name, kwargs.keys())
+
+
 def test_explain_gives_scores_per_source_and_stage_and_a_reason(client: RecommenderClient, model) -> None:
     user = users_by_activity(model)[0]
     result = client.recommend(user, k=10, explain=True)
@@ -135,6 +144,20 @@ def test_unknown_pipeline_is_invalid_argument(client: RecommenderClient) -> None
         client.recommend("u-00001", k=3, pipeline="nope")
     assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "pipeline: unknown pipeline 'nope'; available: hybrid" in exc.value.details()
+
+
+def test_a_long_unknown_name_is_named_in_a_short_message(client: RecommenderClient) -> None:
+    """The message echoes the value cut short: a status message is sent back in a trailer, and
+    one past 8 to 16 KB reached the client as RESOURCE_EXHAUSTED, naming no field."""
+    with pytest.raises(grpc.RpcError) as exc:
+        client.recommend("u-00001", k=3, pipeline="p" * 20000)
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = exc.value.details()
+    assert details.startswith("pipeline: unknown pipeline 'ppp") and "(20000 characters)" in details
+    with pytest.raises(grpc.RpcError) as exc:
+        client.similar_items("\U0001F600" * 3000, k=3)
+    assert exc.value.code() == grpc.StatusCode.NOT_FOUND
+    assert exc.value.details().startswith("item_id: unknown item") and len(exc.value.details()) < 300
 
 
 def test_too_many_context_ids_is_invalid_argument(client: RecommenderClient) -> None:

@@ -76,6 +76,21 @@ def test_rating_value_scales_its_weight(tmp_path: Path) -> None:
     assert log.weights.tolist() == pytest.approx([0.5, 0.2])
 
 
+@pytest.mark.parametrize("engine", ["arrow", "python"])
+def test_numbers_that_cannot_be_used_are_bad_rows(tmp_path: Path, engine: str) -> None:
+    """Infinite or out-of-range timestamps once raised OverflowError, and NaN, infinite or negative
+    values reached TruncatedSVD as NaN (with log1p) and failed it with a page of text."""
+    path = write_events(tmp_path / "e.csv", [
+        ("u1", "a", "view", "1700000000", ""), ("u1", "b", "view", "inf", ""), ("u1", "c", "view", "1e30", ""),
+        ("u2", "a", "rating", "1700000000", "nan"), ("u2", "b", "rating", "1700000000", "inf"),
+        ("u2", "c", "rating", "1700000000", "1e400"), ("u2", "d", "rating", "1700000000", "-5"),
+        ("u2", "e", "rating", "1700000000", "0"),
+    ])
+    log = read_events(path, TrainingConfig().events, engine=engine)
+    assert log.report["skipped"] == {"bad timestamp": 2, "bad value": 4}
+    assert log.item_ids == ["a", "e"] and log.weights.tolist() == pytest.approx([0.05, 0.0])
+
+
 def test_missing_columns_name_the_file(tmp_path: Path) -> None:
     path = write_events(tmp_path / "e.csv", [("u", "a", 1)], header=("user_id", "item_id", "timestamp"))
     with pytest.raises(DataError, match=r"e\.csv: missing column\(s\) event_type"):
@@ -122,6 +137,17 @@ def test_svd_factors_reconstruct_the_matrix_order(tiny: tuple[Path, Path], tmp_p
     spanish = {model.item_index["i4"], model.item_index["i5"]}
     top2 = set(np.argsort(-scores)[:2].tolist())
     assert top2 == spanish
+
+
+@pytest.mark.parametrize("vector", ["[NaN, 1]", "[Infinity, 1]", "[1e300, 1]"])
+def test_embedding_column_of_numbers_float32_cannot_hold_is_refused(tmp_path: Path, vector: str) -> None:
+    events = write_events(tmp_path / "e.csv", basic_events())
+    items = tmp_path / "items.csv"
+    items.write_text(f'item_id,embedding\ni1,"[1, 2]"\ni2,"{vector}"\n')
+    config = tiny_config()
+    config.content.embedding_column = "embedding"
+    with pytest.raises(DataError, match="embedding of item 'i2' must be a non-empty JSON array of finite numbers"):
+        train(events, items, config, tmp_path / "model")
 
 
 def test_precomputed_embedding_column(tmp_path: Path) -> None:
@@ -174,6 +200,29 @@ def test_training_config_errors_name_file_and_key(tmp_path: Path) -> None:
         load_training_config(path)
 
 
+@pytest.mark.parametrize("section,error", [
+    ("content: {text_fields: [1, 2]}", "training.content.text_fields: must be a list of column names"),
+    ("events: {weights: {view: .nan}}", "training.events.weights.view: must be a finite number >= 0, got nan"),
+    ("events: {default_weight: -1}", "training.events.default_weight: must be a finite number >= 0"),
+    ("events: {value_scaled: {rating: 0}}", "training.events.value_scaled.rating: must be a finite number > 0"),
+    ("item_item: {ease_lambda: .nan}", "training.item_item.ease_lambda: expected float, got nan"),
+    ("item_item: {session_seconds: .nan}", "training.item_item.session_seconds: expected float | None, got nan"),
+    ("popularity: {half_life_days: -5}", "training.popularity.half_life_days: must be > 0 or null"),
+    ("seed: -1", "training.seed: must be between 0 and 4294967295"),
+    ("collaborative: {n_iter: -1}", "training.collaborative.n_iter: must be >= 0"),
+    ("content: {max_features: 0}", "training.content.max_features: must be >= 1"),
+])
+def test_training_config_values_that_would_break_training_are_refused(tmp_path: Path, section: str,
+                                                                        error: str) -> None:
+    """Each once failed mid-training with a traceback or a library's words, or trained a bundle of
+    NaN or negative weights or of popularity growing with age (a .nan passed every `x <= 0` check)."""
+    path = tmp_path / "c.yaml"
+    path.write_text(f"training:\n  {section}\n")
+    with pytest.raises(ConfigError) as exc:
+        load_training_config(path)
+    assert str(exc.value).startswith(f"{path}: {error}")
+
+
 def test_faiss_factory_string_from_config(tiny: tuple[Path, Path], tmp_path: Path) -> None:
     events, items = tiny
     config = tiny_config()
@@ -198,6 +247,25 @@ def test_out_dir_that_is_not_a_bundle_is_never_overwritten(tiny: tuple[Path, Pat
     train(events, items, tiny_config(), tmp_path / "model")
     train(events, items, tiny_config(), tmp_path / "model")
     assert load_model(tmp_path / "model").num_items == 8
+
+
+def test_a_failed_retrain_keeps_the_bundle_and_leaves_no_partial_copy(tiny: tuple[Path, Path], tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    events, items = tiny
+    out = tmp_path / "model"
+    version = train(events, items, tiny_config(), out)["model_version"]
+    bad = write_events(tmp_path / "bad.csv", [("u", "a", "view", "inf", "")])
+    with pytest.raises(DataError, match="no usable events"):
+        train(bad, items, tiny_config(), out)
+
+    def disk_full(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("hybridrec.server.bundle.faiss.write_index", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        train(events, items, tiny_config(), out)
+    assert load_model(out).version == version
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.csv", "events.csv", "items.csv", "model"]
 
 
 def test_ease_weights_satisfy_the_closed_form(tiny: tuple[Path, Path], tmp_path: Path) -> None:
