@@ -111,6 +111,8 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         # whole-array lookups, then plain Python values: no numpy scalar per item
         ids = ctx.model.item_ids[cands.items[ranked]].tolist()
         scores = cands.final[ranked].tolist()
+        # explanations first: a source whose reason() fails is listed among the degraded stages
+        explanations = [explain(ctx, result, pos) for pos in ranked.tolist()] if request.explain else None
         response = pb.RecommendResponse(
             model_version=ctx.model.version,
             pipeline=name,
@@ -118,9 +120,9 @@ class RecommenderService(pb_grpc.RecommenderServicer):
             cold_start=not ctx.known_user,
         )
         add = response.items.add
-        if request.explain:
-            for pos, item_id, score in zip(ranked.tolist(), ids, scores):
-                add(item_id=item_id, score=score).explanation.CopyFrom(explain(ctx, result, pos))
+        if explanations is not None:
+            for explanation, item_id, score in zip(explanations, ids, scores):
+                add(item_id=item_id, score=score).explanation.CopyFrom(explanation)
         else:
             for item_id, score in zip(ids, scores):
                 add(item_id=item_id, score=score)
@@ -197,5 +199,12 @@ def explain(ctx: RequestContext, result: PipelineResult, pos: int) -> pb.Explana
     if best is not None and best[1] in result.sources:
         name = best[1]
         anchor = int(cands.anchors[name][pos]) if name in cands.anchors else -1
-        reason = result.sources[name].reason(ctx, int(cands.items[pos]), anchor)
+        try:
+            reason = result.sources[name].reason(ctx, int(cands.items[pos]), anchor)
+        except Exception:  # an explanation is not worth failing the answer for
+            stage = f"{name}.reason"
+            if stage not in result.degraded:
+                log.exception("candidate source %s could not explain an item; answering without its reasons", name)
+                result.degraded.append(stage)
+            reason = ""
     return pb.Explanation(source_scores=source_scores, stage_scores=stage_scores, reason=reason)

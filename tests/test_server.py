@@ -209,6 +209,27 @@ def test_a_stage_exception_never_kills_the_server(running_server, client: Recomm
     assert client.health() == "SERVING"
 
 
+def test_a_failing_reason_degrades_the_explanations_not_the_answer(running_server, client: RecommenderClient, model,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    pipeline = running_server.service.state.config.pipelines["hybrid"]
+    user = users_by_activity(model)[0]
+    before = client.recommend(user, k=5, explain=True)
+    explained_by = {s.name for s in pipeline.sources}
+    assert any(item.reason for item in before.items)
+
+    def explode(ctx, item, anchor):
+        raise RuntimeError("boom")
+
+    for source in pipeline.sources:
+        monkeypatch.setattr(source, "reason", explode)
+    after = client.recommend(user, k=5, explain=True)
+    assert [i.item_id for i in after.items] == [i.item_id for i in before.items]  # the same answer
+    assert all(not item.reason and item.source_scores for item in after.items)
+    degraded = set(after.degraded_stages)
+    assert degraded and degraded <= {f"{name}.reason" for name in explained_by}
+    assert not client.recommend(user, k=5).degraded_stages  # without explain, reason() is never asked
+
+
 def test_concurrent_requests(client: RecommenderClient, model) -> None:
     users = users_by_activity(model)[:40]
     with futures.ThreadPoolExecutor(8) as pool:
