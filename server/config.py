@@ -147,8 +147,8 @@ def _check_type(value: Any, annotation: Any) -> bool:
         return "None" in text
     if text.startswith("int"):
         return isinstance(value, int) and not isinstance(value, bool)
-    if text.startswith("float"):  # YAML's .nan would pass every range check after this one
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+    if text.startswith("float"):  # YAML's .nan and .inf would pass range checks after this one
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if text.startswith("str"):
         return isinstance(value, str)
     if text.startswith("bool"):
@@ -191,9 +191,8 @@ def build_dataclass(cls: type, data: Any, where: str) -> Any:
             kwargs[name] = build_dataclass(nested, value, f"{where}.{name}")
             continue
         if not _check_type(value, annotation):
-            raise ConfigError(
-                f"{where}.{name}: expected {annotation}, got {value!r}"
-            )
+            finite = "a finite number" if isinstance(value, float) and str(annotation).startswith("float") else annotation
+            raise ConfigError(f"{where}.{name}: expected {finite}, got {value!r}")
         if str(annotation).startswith("float") and isinstance(value, int):
             value = float(value)
         kwargs[name] = value

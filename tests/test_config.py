@@ -108,7 +108,10 @@ def test_values_no_request_could_use_are_refused(plugins: Plugins, tmp_path: Pat
         "server: {max_k: 2147483648}\n" + good: "server.max_k must be between 1 and 2147483647",
         good.replace("plugin: popularity", "plugin: [popularity]"): "each stage needs a `plugin:` name; valid choices",
         good.replace("popularity: 1", "popularity: .inf"): "weights.popularity must be a finite number >= 0",
-        "server: {overload: {escalate_ms: .nan}}\n" + good: "server.overload.escalate_ms: expected float, got nan",
+        "server: {overload: {escalate_ms: .nan}}\n" + good: "server.overload.escalate_ms: expected a finite number, got nan",
+        # an infinite sampling period would switch overload protection off without a word
+        "server: {overload: {sample_ms: .inf}}\n" + good: "server.overload.sample_ms: expected a finite number, got inf",
+        good.replace("params: {weights", "params: {prior_items: .inf, weights"): "prior_items: expected a finite number, got inf",
         "server: {5: 1, x: 2}\n" + good: "server: unknown key 5; valid keys: default_pipeline",
         good.replace("{plugin: popularity}", "{plugin: popularity, 5: 1, x: 2}"): "unknown key 5 in stage",
         good.replace("    scorer:", "    5: 1\n    x: 2\n    scorer:"): "unknown section 5",
