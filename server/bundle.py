@@ -189,6 +189,17 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def check_replaceable(out_dir: Path) -> None:
+    """Refuse an output path that holds anything but a bundle: a mistyped --out never deletes
+    unrelated files (an empty directory, or none, is fine)."""
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise BundleError(f"{out_dir} exists and is not a directory (a model bundle is one); refusing to replace it")
+    if any(out_dir.iterdir()) and not (out_dir / MANIFEST).exists():
+        raise BundleError(f"{out_dir} exists and is not a hybridrec model bundle; refusing to overwrite it")
+
+
 def save_bundle(
     out_dir: str | Path,
     arrays: dict[str, np.ndarray],
@@ -204,8 +215,7 @@ def save_bundle(
     missing = set(ARRAYS) - set(arrays)
     if missing:
         raise BundleError(f"cannot save bundle: arrays missing: {', '.join(sorted(missing))}")
-    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / MANIFEST).exists():
-        raise BundleError(f"{out_dir} exists and is not a hybridrec model bundle; refusing to overwrite it")
+    check_replaceable(out_dir)
     tmp = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

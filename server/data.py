@@ -7,6 +7,7 @@ dropped silently.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import logging
 import math
@@ -14,6 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 
@@ -22,6 +24,7 @@ from .errors import DataError
 
 log = logging.getLogger("hybridrec")
 
+T = TypeVar("T")
 EVENT_COLUMNS = ("user_id", "item_id", "event_type", "timestamp")
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # given vectors are stored as float32
 
@@ -95,6 +98,23 @@ def _open_csv(path: Path, required: tuple[str, ...], what: str) -> tuple[csv.Dic
     return reader, handle
 
 
+def utf8_text(what: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """Decorates a reader of a CSV file (its path first) so that a file that is not UTF-8 is a
+    DataError naming it; the csv module only finds out row by row, deep in the reading."""
+    def decorate(read: Callable[..., T]) -> Callable[..., T]:
+        @functools.wraps(read)
+        def reader(path: str | Path, *args: Any, **kwargs: Any) -> T:
+            try:
+                return read(path, *args, **kwargs)
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{what} file {path}: not UTF-8 text ({exc.reason})") from None
+
+        return reader
+
+    return decorate
+
+
+@utf8_text("events")
 def read_events(path: str | Path, config: EventsConfig, engine: str = "auto") -> EventLog:
     """Read and weight the event log; unknown event types follow `config.unknown_event_type`.
 
@@ -217,6 +237,7 @@ def _read_events_rows(path: Path, config: EventsConfig) -> EventLog:
     )
 
 
+@utf8_text("items")
 def read_catalogue(path: str | Path, fields: list[str], embedding_column: str | None) -> Catalogue:
     """Read items.csv: `item_id` plus whichever text fields exist (and the vector column)."""
     path = Path(path)

@@ -300,6 +300,7 @@ def user_histories(matrix: sp.csr_matrix, users: np.ndarray, items: np.ndarray,
 def train(events_path: str | Path, items_path: str | Path, config: TrainingConfig,
           out_dir: str | Path, config_path: str | Path | None = None) -> dict[str, Any]:
     """Train a bundle into `out_dir`; returns its manifest."""
+    bundle.check_replaceable(Path(out_dir))  # now, not after minutes of training
     steps = Steps("train", 8 + bool(config.content.neighbours) + bool(config.collaborative.user_candidates))
     with steps.step(f"reading events {events_path}"):
         events = read_events(events_path, config.events)

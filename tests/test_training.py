@@ -10,7 +10,7 @@ import pytest
 
 from hybridrec.server.bundle import load_model
 from hybridrec.server.config import TrainingConfig, load_training_config
-from hybridrec.server.data import parse_timestamp, read_events
+from hybridrec.server.data import parse_timestamp, read_catalogue, read_events
 from hybridrec.server.errors import ConfigError, DataError
 from hybridrec.server.training import train
 
@@ -95,6 +95,18 @@ def test_missing_columns_name_the_file(tmp_path: Path) -> None:
     path = write_events(tmp_path / "e.csv", [("u", "a", 1)], header=("user_id", "item_id", "timestamp"))
     with pytest.raises(DataError, match=r"e\.csv: missing column\(s\) event_type"):
         read_events(path, TrainingConfig().events)
+
+
+def test_files_that_are_not_utf8_name_the_file(tmp_path: Path) -> None:
+    events = tmp_path / "e.csv"
+    events.write_bytes(b"user_id,item_id,event_type,timestamp\nu1,i1,view,1700000000\nu\xff2,i2,view,1700000001\n")
+    for engine in ("auto", "python"):
+        with pytest.raises(DataError, match=r"events file .*e\.csv: not UTF-8 text \(invalid start byte\)"):
+            read_events(events, TrainingConfig().events, engine=engine)
+    items = tmp_path / "i.csv"
+    items.write_bytes(b"item_id,title\ni1,ok\ni2,caf\xe9\n")
+    with pytest.raises(DataError, match=r"items file .*i\.csv: not UTF-8 text"):
+        read_catalogue(items, ["title"], None)
 
 
 def test_parse_timestamp_forms() -> None:
@@ -243,6 +255,11 @@ def test_out_dir_that_is_not_a_bundle_is_never_overwritten(tiny: tuple[Path, Pat
     with pytest.raises(Exception, match="not a hybridrec model bundle; refusing"):
         train(events, items, tiny_config(), precious)
     assert (precious / "thesis.txt").read_text() == "do not delete"
+    # both refused before any training: a broken events file behind them is never read
+    with pytest.raises(Exception, match="not a hybridrec model bundle; refusing"):
+        train(tmp_path / "absent.csv", items, tiny_config(), precious)
+    with pytest.raises(Exception, match="thesis.txt exists and is not a directory"):
+        train(tmp_path / "absent.csv", items, tiny_config(), precious / "thesis.txt")
     # but a bundle is replaced by a retrain
     train(events, items, tiny_config(), tmp_path / "model")
     train(events, items, tiny_config(), tmp_path / "model")
