@@ -169,11 +169,14 @@ class RecommenderService(pb_grpc.RecommenderServicer):
 
 
 def similar_items(model: Model, item: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Content neighbours of `item` (itself excluded); SVD item factors when it has no content."""
+    """Content neighbours of `item` (itself excluded); SVD item factors when it has no content;
+    none when it has neither (no text and no events: nothing to be similar by)."""
     vector = model.item_content[item]
     if np.any(vector):
         scores, labels = model.content_index.search(vector.reshape(1, -1).astype(np.float32), min(k + 1, model.num_items))
         scores, labels = scores[0], labels[0]
+    elif not np.any(model.item_factors[item]):
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
     else:
         factors = model.item_factors
         norms = np.linalg.norm(factors, axis=1)

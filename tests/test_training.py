@@ -12,6 +12,7 @@ from hybridrec.server.bundle import load_model
 from hybridrec.server.config import TrainingConfig, load_training_config
 from hybridrec.server.data import parse_timestamp, read_catalogue, read_events
 from hybridrec.server.errors import ConfigError, DataError
+from hybridrec.server.service import similar_items
 from hybridrec.server.training import train
 
 from .helpers import basic_events, write_events, write_items
@@ -186,6 +187,23 @@ def test_ragged_embedding_column_is_refused(tmp_path: Path) -> None:
     config.content.embedding_column = "embedding"
     with pytest.raises(DataError, match="item 'i2' has 3 numbers; others have 2"):
         train(events, items, config, tmp_path / "model")
+
+
+def test_similar_items_of_an_item_with_neither_text_nor_events_is_empty(tmp_path: Path) -> None:
+    rows = [("i1", "algebra", "maths", "maths", ""), ("i2", "geometry", "maths", "maths", ""),
+            ("i3", "", "", "", ""), ("i4", "", "", "", "")]  # i3: no text, no events; i4: no text, events
+    items = write_items(tmp_path / "items.csv", rows)
+    baskets = {"u0": ("i1", "i2"), "u1": ("i2", "i4"), "u2": ("i1", "i4"), "u3": ("i1", "i2", "i4"), "u4": ("i4",)}
+    events = write_events(tmp_path / "events.csv", [(user, item, "booking", 1_700_000_000 + n, "")
+                                                     for n, (user, basket) in enumerate(baskets.items())
+                                                     for item in basket])
+    train(events, items, tiny_config(), tmp_path / "m")
+    model = load_model(tmp_path / "m")
+    index = {str(i): n for n, i in enumerate(model.item_ids)}
+    assert similar_items(model, index["i3"], 3)[0].shape == (0,)  # not arbitrary items at score 0
+    by_factors, _ = similar_items(model, index["i4"], 3)
+    assert by_factors.shape[0] == 3 and index["i4"] not in by_factors.tolist()
+    assert similar_items(model, index["i1"], 1)[0].tolist() == [index["i2"]]  # by text
 
 
 def test_items_only_in_events_are_kept_with_empty_content(tmp_path: Path) -> None:
