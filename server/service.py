@@ -17,7 +17,7 @@ from .bundle import Model
 from .errors import InvalidArgument, NotFound
 from .overload import OVERLOAD_STAGE, OverloadGuard
 from .pipeline import PipelineResult, ServingConfig
-from .stages import RequestContext
+from .stages import RequestContext, Stage
 
 log = logging.getLogger("hybridrec")
 
@@ -148,11 +148,8 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         model, config = state.model, state.config
         pipelines = []
         for name, pipeline in config.pipelines.items():
-            stages = [
-                pb.StageInfo(kind=s.kind, name=s.name, plugin=s.plugin_name,
-                             params_json=json.dumps(s.describe(), sort_keys=True))
-                for s in pipeline.stages()
-            ]
+            stages = [pb.StageInfo(kind=s.kind, name=s.name, plugin=s.plugin_name, params_json=_described(s))
+                      for s in pipeline.stages()]
             pipelines.append(pb.PipelineInfo(name=name, stages=stages, is_default=name == config.default_pipeline))
         counts = model.manifest.get("counts", {})
         return pb.ModelInfo(
@@ -166,6 +163,16 @@ class RecommenderService(pb_grpc.RecommenderServicer):
             max_k=config.max_k,
             format_version=int(model.manifest.get("format_version", 0)),
         )
+
+
+def _described(stage: Stage) -> str:
+    """A stage's parameters as JSON for GetModelInfo; a plugin whose `describe` fails (or returns
+    what JSON cannot hold) shows an error there instead of failing the whole call."""
+    try:
+        return json.dumps(stage.describe(), sort_keys=True)
+    except Exception:
+        log.exception("stage %s (%s): describe() failed", stage.name, stage.plugin_name)
+        return json.dumps({"error": "describe() failed; see the server log"})
 
 
 def similar_items(model: Model, item: int, k: int) -> tuple[np.ndarray, np.ndarray]:

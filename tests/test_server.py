@@ -179,6 +179,15 @@ def test_health_and_model_info(client: RecommenderClient, model) -> None:
     assert json.loads(hybrid.stages[-1].params_json)["lambda_weight"] == 0.7
 
 
+def test_a_stage_that_cannot_describe_itself_does_not_fail_model_info(running_server, client: RecommenderClient,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    mmr = running_server.service.state.config.pipelines["hybrid"].rerankers[0]
+    monkeypatch.setattr(mmr, "describe", lambda: {"lambda": object()})  # not JSON
+    hybrid = next(p for p in client.model_info().pipelines if p.name == "hybrid")
+    assert json.loads(hybrid.stages[-1].params_json) == {"error": "describe() failed; see the server log"}
+    assert json.loads(hybrid.stages[0].params_json)["n"] > 0  # the other stages as before
+
+
 def test_reflection_lists_the_services(running_server) -> None:
     with grpc.insecure_channel(f"127.0.0.1:{running_server.port}") as channel:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
