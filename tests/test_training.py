@@ -201,8 +201,12 @@ def test_similar_items_of_an_item_with_neither_text_nor_events_is_empty(tmp_path
     model = load_model(tmp_path / "m")
     index = {str(i): n for n, i in enumerate(model.item_ids)}
     assert similar_items(model, index["i3"], 3)[0].shape == (0,)  # not arbitrary items at score 0
-    by_factors, _ = similar_items(model, index["i4"], 3)
-    assert by_factors.shape[0] == 3 and index["i4"] not in by_factors.tolist()
+    by_factors, scores = similar_items(model, index["i4"], 3)
+    factors = np.asarray(model.item_factors, dtype=np.float64)
+    cosine = factors @ factors[index["i4"]] / np.maximum(np.linalg.norm(factors, axis=1)
+                                                         * np.linalg.norm(factors[index["i4"]]), 1e-12)
+    exact = [i for i in np.argsort(-cosine, kind="stable").tolist() if i != index["i4"]][:3]
+    assert by_factors.tolist() == exact and np.allclose(scores, cosine[exact], atol=1e-5)
     assert similar_items(model, index["i1"], 1)[0].tolist() == [index["i2"]]  # by text
 
 
