@@ -137,11 +137,27 @@ def read_events(path: str | Path, config: EventsConfig, engine: str = "auto") ->
             _log_report(path, events.report, config)
             if not events.users.shape[0]:
                 _no_usable(path, events.report)
+            _warn_unless_seconds(path, events.timestamps)
             return events
         if engine == "arrow":
             raise DataError(f"events file {path}: the arrow reader cannot read it: {why}")
         log.info("events %s: reading row by row (%s)", path, why)
-    return _read_events_rows(path, config)
+    events = _read_events_rows(path, config)
+    _warn_unless_seconds(path, events.timestamps)
+    return events
+
+
+SECONDS_BEFORE = 10**11  # as unix seconds, the year 5138: a log of timestamps past it is in ms or finer
+
+
+def _warn_unless_seconds(path: Path, timestamps: np.ndarray) -> None:
+    """Timestamps are read as unix seconds; a log in milliseconds would make every event look
+    ages apart, and the popularity decay and content recency would be off by a factor of 1000."""
+    sample = timestamps[:: max(1, timestamps.shape[0] // 10_001)]  # the median of a sample is enough
+    if sample.shape[0] and float(np.median(sample)) >= SECONDS_BEFORE:
+        log.warning("events %s: the timestamps look like milliseconds or finer (median %d, past the year "
+                    "5000 as unix seconds); they are read as unix seconds: divide them by 1000", path,
+                    int(np.median(sample)))
 
 
 def _log_report(path: Path, report: dict, config: EventsConfig) -> None:

@@ -110,6 +110,17 @@ def test_files_that_are_not_utf8_name_the_file(tmp_path: Path) -> None:
         read_catalogue(items, ["title"], None)
 
 
+@pytest.mark.parametrize("engine", ["arrow", "python"])
+def test_a_log_in_milliseconds_is_warned_about(tmp_path: Path, engine: str, caplog: pytest.LogCaptureFixture) -> None:
+    seconds = [("u1", "i1", "view", 1_700_000_000, ""), ("u2", "i2", "view", 1_700_000_100, "")]
+    for scale, warned in ((1, False), (1000, True)):
+        path = write_events(tmp_path / f"e{scale}.csv", [(u, i, e, t * scale, v) for u, i, e, t, v in seconds])
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="hybridrec"):
+            read_events(path, TrainingConfig().events, engine=engine)
+        assert ("look like milliseconds" in caplog.text) == warned, caplog.text
+
+
 def test_parse_timestamp_forms() -> None:
     assert parse_timestamp("1700000000") == 1700000000
     assert parse_timestamp("1700000000.5") == 1700000000
