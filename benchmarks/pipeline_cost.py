@@ -17,6 +17,7 @@ figure to read is the median of the per-pass ratios. Both run on the same CPU (`
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -56,6 +57,8 @@ def worker(args: argparse.Namespace) -> int:
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
     state = load_state(args.model, args.config, mmap=True)
+    if getattr(state, "precomputed", None):  # the pipeline's cost, not a stored answer's
+        state = dataclasses.replace(state, precomputed={})
     service = RecommenderService(state)
     requests = [pb.RecommendRequest(user_id=user, k=args.k, context_item_ids=list(context), pipeline=args.pipeline)
                 for user, context in serve_load.request_specs(Path(args.model), args.requests)]

@@ -246,6 +246,16 @@ def fallback_calls(lines: list[str]) -> dict[str, int]:
     return dict(served)
 
 
+PRECOMPUTED_SUMMARY = re.compile(r"server\.precomputed: (\d+) Recommend calls answered from stored answers$")
+
+
+def stored_answer_calls(lines: list[str]) -> int | None:
+    """Recommend calls answered from `server.precomputed` tables, summed over the workers' last
+    log lines (over the server's whole run, every level); None when no worker used a table."""
+    counts = [int(m.group(1)) for m in (PRECOMPUTED_SUMMARY.search(line.rstrip()) for line in lines) if m]
+    return sum(counts) if counts else None
+
+
 def proc_cpu_seconds(pid: int) -> float:
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -647,6 +657,7 @@ def main() -> int:
                 run["stop_exit_code"] = code
                 run["stderr_tail"] = "".join(server.lines[-5:])
                 run["overload_fallback_calls"] = fallback_calls(server.lines)
+                run["stored_answer_calls"] = stored_answer_calls(server.lines)
             after = run["memory_kb_after_load"]
             workers_only = [m for p, m in after.items() if int(p) != server.proc.pid or workers == 1]
             run["rss_mb_workers"] = round(sum(m.get("VmRSS", 0) for m in workers_only) / 1024, 1)
@@ -654,7 +665,9 @@ def main() -> int:
             print(f"   {row_label} workers={workers}: started in {start_s:.1f} s; after load VmRSS "
                   + ", ".join(f"pid {p} {m.get('VmRSS', 0) / 1024:.0f} MB (Pss {m.get('Pss', 0) / 1024:.0f})"
                               for p, m in after.items())
-                  + f"; server exit code {code}", flush=True)
+                  + f"; server exit code {code}"
+                  + (f"; {run['stored_answer_calls']} calls answered from precomputed answers"
+                     if run["stored_answer_calls"] is not None else ""), flush=True)
             report["runs"].append(run)
     report["machine"]["loadavg_after"] = loadavg()
     print()

@@ -101,6 +101,7 @@ async def serve_async(state: ServingState, address: str, service_name: str, stop
     if watcher is not None:
         watcher.cancel()
         log.info("%s", service.guard.summary())
+    service.log_stored_calls()
 
 
 def run_async(main: Any) -> Any:

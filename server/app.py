@@ -30,6 +30,7 @@ from .errors import HybridrecError
 from .interceptors import ErrorInterceptor
 from .pipeline import load_serving_config
 from .plugin_manager import Plugins
+from .precompute import load_tables
 from .service import RecommenderService, ServingState
 
 log = logging.getLogger("hybridrec")
@@ -53,14 +54,14 @@ class RunningServer:
 
 
 def load_state(model_dir: str | Path, config_path: str | Path, plugins: Plugins | None = None,
-               mmap: bool | None = None) -> ServingState:
+               mmap: bool | None = None, precomputed: bool = True) -> ServingState:
     """Load and validate a bundle and build the pipelines of a config. `mmap` as `load_model`'s:
     True maps every array read-only (processes serving one bundle share its pages), None maps
-    the large ones."""
+    the large ones. `precomputed`: also map the stored answers `server.precomputed` names."""
     plugins = plugins or Plugins()
     config = load_serving_config(config_path, plugins)
-    model = load_model(model_dir, mmap=mmap)
-    return ServingState(model=plain_arrays(model), config=config)
+    model = plain_arrays(load_model(model_dir, mmap=mmap))
+    return ServingState(model=model, config=config, precomputed=load_tables(model, config) if precomputed else {})
 
 
 def plain_arrays(model: Model) -> Model:
@@ -140,6 +141,7 @@ def serve(model_dir: str | Path, config_path: str | Path, host: str = "127.0.0.1
         announce(running.port)
         stop.wait()
         running.stop(grace)
+        running.service.log_stored_calls()
     log.info("stopped")
 
 
@@ -264,6 +266,7 @@ def _worker_main(number: int, reserved: socket.socket, conn: Any, model_dir: Pat
         pass
     stopping()
     running.stop(grace)
+    running.service.log_stored_calls()
 
 
 def serve_workers(model_dir: str | Path, config_path: str | Path, host: str = "127.0.0.1", port: int = 50051,

@@ -1,5 +1,5 @@
-"""The `hybridrec` command: train, serve, demo, recommend, similar, info, evaluate, tune, demo-data,
-convert-movielens."""
+"""The `hybridrec` command: train, precompute, serve, demo, recommend, similar, info, evaluate, tune,
+demo-data, convert-movielens."""
 from __future__ import annotations
 
 import argparse
@@ -20,10 +20,40 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .training import train
 
     config = load_training_config(args.config)
+    serving = _precomputed_in(args.config)  # checked before training: a bad section fails now, not after
     manifest = train(args.events, args.items, config, args.out, args.config)
     counts = manifest["counts"]
     print(f"trained model {manifest['model_version']}: {counts['users']} users, {counts['items']} items, "
           f"{counts['interactions']} interactions -> {args.out}")
+    if serving:
+        from .precompute import precompute
+
+        _report_precomputed(precompute(args.out, args.config))
+    return 0
+
+
+def _precomputed_in(config_path: Path) -> bool:
+    """Whether a config file's `server.precomputed` names tables (its server and pipelines valid)."""
+    from .config import load_yaml
+    from .pipeline import load_serving_config
+    from .plugin_manager import Plugins
+
+    server = load_yaml(config_path).get("server")
+    if not isinstance(server, dict) or not server.get("precomputed"):
+        return False
+    return bool(load_serving_config(config_path, Plugins()).precomputed)
+
+
+def _report_precomputed(tables: list[dict]) -> None:
+    for t in tables:
+        print(f"precomputed {t['pipeline']} k={t['k']}: {t['stored']} of {t['rows']} answers stored "
+              f"({t['left_empty']} left to the live pipeline) in {t['seconds']} s")
+
+
+def _cmd_precompute(args: argparse.Namespace) -> int:
+    from .precompute import precompute
+
+    _report_precomputed(precompute(args.model, args.config, jobs=args.jobs))
     return 0
 
 
@@ -251,6 +281,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="YAML config (its training: section)")
     p.add_argument("--out", required=True, type=Path, help="model bundle directory to write")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("precompute", help="store a pipeline's answers for every known user in a bundle "
+                                          "(the config's server.precomputed)")
+    p.add_argument("--model", required=True, type=Path, help="model bundle directory")
+    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
+                   help="YAML config whose server.precomputed names the pipelines and k values")
+    p.add_argument("--jobs", type=non_negative_int, default=0, metavar="N",
+                   help="worker processes (default 0: one per CPU)")
+    p.set_defaults(func=_cmd_precompute)
 
     def server_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="YAML config (server: and pipelines:)")

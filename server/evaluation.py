@@ -96,7 +96,7 @@ def trained(table: EventTable, keep: np.ndarray, items_csv: Path, config: Traini
     """Train on the kept rows and yield an in-process service over the result."""
     train_csv = table.write(workdir / f"train-{tag}.csv", keep)
     train(train_csv, items_csv, config, workdir / f"model-{tag}")
-    yield RecommenderService(load_state(workdir / f"model-{tag}", pipelines_config))
+    yield RecommenderService(load_state(workdir / f"model-{tag}", pipelines_config, precomputed=False))
 
 
 def recommend_all(service: RecommenderService, pipeline: str, users: Sequence[str], k: int,

@@ -18,6 +18,7 @@ from .stages import (Candidates, CandidateSource, Filter, RequestContext, Rerank
 
 log = logging.getLogger("hybridrec")
 
+MAX_PRECOMPUTED_K = 1000  # a stored table holds this many items per user at most
 MAX_K = 2**31 - 1  # the largest k a request can carry, and the largest max_k ModelInfo can report
 SECTIONS = {"candidates": "candidates", "filters": "filter", "scorer": "scorer", "rerankers": "reranker"}
 
@@ -139,6 +140,7 @@ class ServingConfig:
     path: str = ""
     raw: dict[str, Any] = field(default_factory=dict)
     overload: OverloadSection = field(default_factory=OverloadSection)
+    precomputed: dict[str, list[int]] = field(default_factory=dict)  # pipeline -> the k values stored
 
 
 @dataclass
@@ -146,6 +148,30 @@ class ServerSection:
     max_k: int = 100
     default_pipeline: str | None = None
     overload: OverloadSection = field(default_factory=OverloadSection)
+    precomputed: dict[str, Any] = field(default_factory=dict)
+
+
+def check_precomputed(where: str, value: dict[Any, Any], pipelines: dict[str, Any], max_k: int) -> dict[str, list[int]]:
+    """`server.precomputed`: pipeline name -> a list of k values, each in 1..max_k."""
+    checked: dict[str, list[int]] = {}
+    for name, ks in value.items():
+        if name not in pipelines:
+            raise ConfigError(f"{where}: {shown_key(name)} is not a pipeline; valid: {', '.join(pipelines)}")
+        if isinstance(ks, int) and not isinstance(ks, bool):
+            ks = [ks]
+        if not isinstance(ks, list) or not ks or not all(isinstance(k, int) and not isinstance(k, bool) for k in ks):
+            raise ConfigError(f"{where}.{name}: expected a list of k values (e.g. [10]), got {ks!r}")
+        bad = [k for k in ks if not 1 <= k <= min(max_k, MAX_PRECOMPUTED_K)]
+        if bad:
+            raise ConfigError(f"{where}.{name}: k must be between 1 and {min(max_k, MAX_PRECOMPUTED_K)} "
+                              f"(server.max_k, and at most {MAX_PRECOMPUTED_K} stored per user); got {bad[0]}")
+        checked[name] = sorted(set(ks))
+    return checked
+
+
+def shown_key(key: Any) -> str:
+    text = repr(key)
+    return text if len(text) <= 100 else text[:100] + "..."
 
 
 def _stage_entries(value: Any, where: str, single: bool) -> list[dict[str, Any]]:
@@ -239,5 +265,6 @@ def load_serving_config(path: str | Path, plugins: Plugins) -> ServingConfig:
     if default not in pipelines:
         raise ConfigError(f"{path}: server.default_pipeline {default!r} is not one of: {', '.join(pipelines)}")
     server.overload.validate(f"{path}: server.overload", pipelines)
+    precomputed = check_precomputed(f"{path}: server.precomputed", server.precomputed, pipelines, server.max_k)
     plugins.pipelines_built(dict(pipelines))
-    return ServingConfig(pipelines, default, server.max_k, str(path), data, server.overload)
+    return ServingConfig(pipelines, default, server.max_k, str(path), data, server.overload, precomputed)
