@@ -19,7 +19,9 @@ Reported per level: achieved requests/s, client round trip p50/p95/p99/max (ms),
 server's own handler time (trailing metadata `hybridrec-server-time-us`), how many requests each
 worker pid served (`hybridrec-worker-pid`), CPU used (cores) by the server processes, by the
 load generator and by the whole machine (the rest is other work on the machine), and the server
-processes' memory after the load (VmRSS, and Pss, which splits shared pages fairly).
+processes' memory after the load (VmRSS, and Pss, which splits shared pages fairly). With
+`server.precomputed` in the config, each run's JSON has the calls the stored answers served
+(`stored_answer_calls`, from the workers' last log lines, warm-up calls included).
 Prints a table and writes JSON (default benchmarks/results/serve_load.json).
 
 With `--noop`, each server is followed by benchmarks/noop_server.py with as many workers, under

@@ -7,7 +7,9 @@ For each size (small 10K users x 5K items x 200K events, medium 200K x 100K x 5M
    already holds it;
 2. runs `hybridrec train` in a subprocess (config `server/configs/large.yaml` by default)
    into `.hybridrec/bench/<size>/model/`, measuring wall time and peak RSS with
-   `/usr/bin/time` (or getrusage when it is absent), and keeps the step timings of its log;
+   `/usr/bin/time` (or getrusage when it is absent), and keeps the step timings of its log
+   (with `server.precomputed` in the config, as in large.yaml, `train` ends by storing those
+   answers, and the time includes it);
 3. measures the bundle size, and in a fresh subprocess the load time (`load_state`, what
    `hybridrec serve` does before it listens) and the RSS after load;
 4. measures, in another fresh subprocess, recall@100 of the bundle's configured FAISS
@@ -210,6 +212,8 @@ def step_times(log_text: str) -> dict[str, float]:
     steps = {}
     for match in re.finditer(r"\[train (\d+)/\d+\] (.+?) done in ([\d.]+) s", log_text):
         steps[f"{match.group(1)} {match.group(2)[:60]}"] = float(match.group(3))
+    for match in re.finditer(r"\[precompute\] (\S+) k=(\d+): \d+ rows in ([\d.]+) s", log_text):  # server.precomputed
+        steps[f"precomputed {match.group(1)} k={match.group(2)}"] = float(match.group(3))
     return steps
 
 
