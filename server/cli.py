@@ -152,7 +152,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
           f"{info.num_users} users, {info.num_items} items, {info.num_interactions} interactions; max_k {info.max_k}")
     for p in info.pipelines:
         stages = " -> ".join(f"{s.kind}:{s.name}" + (f"[{s.plugin}]" if s.plugin != s.name else "") for s in p.stages)
-        print(f"  {p.name}{' (default)' if p.is_default else ''}: {stages}")
+        stored = f" [stored answers at k={', '.join(map(str, p.precomputed_k))}]" if p.precomputed_k else ""
+        print(f"  {p.name}{' (default)' if p.is_default else ''}: {stages}{stored}")
     return 0
 
 

@@ -187,7 +187,8 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         for name, pipeline in config.pipelines.items():
             stages = [pb.StageInfo(kind=s.kind, name=s.name, plugin=s.plugin_name, params_json=_described(s))
                       for s in pipeline.stages()]
-            pipelines.append(pb.PipelineInfo(name=name, stages=stages, is_default=name == config.default_pipeline))
+            pipelines.append(pb.PipelineInfo(name=name, stages=stages, is_default=name == config.default_pipeline,
+                                             precomputed_k=sorted(k for p, k in state.precomputed if p == name)))
         counts = model.manifest.get("counts", {})
         return pb.ModelInfo(
             model_version=model.version,

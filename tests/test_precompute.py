@@ -55,7 +55,8 @@ class NoDeadline:
         return None
 
 
-def test_stored_answers_are_the_pipelines_answers_over_grpc(bundle: Path, tmp_path: Path) -> None:
+def test_stored_answers_are_the_pipelines_answers_over_grpc(bundle: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture) -> None:
     config = config_with(tmp_path, {"hybrid": [5, 10], "cf": [5]})
     tables = precompute(bundle, config, jobs=2)
     assert sorted((t["pipeline"], t["k"], t["stored"], t["left_empty"]) for t in tables) == [
@@ -77,6 +78,13 @@ def test_stored_answers_are_the_pipelines_answers_over_grpc(bundle: Path, tmp_pa
             assert with_tables.service.stored_calls == 3 * len(users)
             assert answer(a.recommend(users[0], k=7)) == answer(b.recommend(users[0], k=7))  # no table at k=7: the pipeline ran
             assert with_tables.service.stored_calls == 3 * len(users)
+            stored_k = {p.name: list(p.precomputed_k) for p in a.model_info().pipelines}
+            assert stored_k["hybrid"] == [5, 10] and stored_k["cf"] == [5] and stored_k["popularity"] == []
+            assert all(not p.precomputed_k for p in b.model_info().pipelines)
+        assert main(["info", "--target", f"127.0.0.1:{with_tables.port}"]) == 0
+        shown = capsys.readouterr().out
+        assert re.search(r"hybrid \(default\): .*\[stored answers at k=5, 10\]", shown)
+        assert re.search(r"\n  cf: .*\[stored answers at k=5\]", shown)
     finally:
         with_tables.stop(grace=None)
         without.stop(grace=None)

@@ -103,14 +103,16 @@ class StageInfo(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., name: _Optional[str] = ..., plugin: _Optional[str] = ..., params_json: _Optional[str] = ...) -> None: ...
 
 class PipelineInfo(_message.Message):
-    __slots__ = ("name", "stages", "is_default")
+    __slots__ = ("name", "stages", "is_default", "precomputed_k")
     NAME_FIELD_NUMBER: _ClassVar[int]
     STAGES_FIELD_NUMBER: _ClassVar[int]
     IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
+    PRECOMPUTED_K_FIELD_NUMBER: _ClassVar[int]
     name: str
     stages: _containers.RepeatedCompositeFieldContainer[StageInfo]
     is_default: bool
-    def __init__(self, name: _Optional[str] = ..., stages: _Optional[_Iterable[_Union[StageInfo, _Mapping]]] = ..., is_default: _Optional[bool] = ...) -> None: ...
+    precomputed_k: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, name: _Optional[str] = ..., stages: _Optional[_Iterable[_Union[StageInfo, _Mapping]]] = ..., is_default: _Optional[bool] = ..., precomputed_k: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
     __slots__ = ("model_version", "created_at", "num_users", "num_items", "num_interactions", "pipelines", "default_pipeline", "max_k", "format_version")
