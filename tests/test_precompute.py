@@ -139,6 +139,20 @@ def test_a_table_that_no_longer_matches_is_ignored(bundle: Path, tmp_path: Path,
     meta = json.loads((table_dir(bundle, "hybrid", 5) / "table.json").read_text())
     assert meta["rows"] == 301 and meta["stored"] == 301
 
+    # damaged: an item index past the catalogue, then a truncated array
+    items_file = table_dir(bundle, "hybrid", 5) / "items.npy"
+    items = np.load(items_file, mmap_mode="r+")
+    items[3, 2] = meta["rows"] + 10_000
+    items.flush()
+    del items
+    caplog.clear()
+    assert load_state(bundle, config).precomputed == {}
+    assert any("holds values outside the bundle's items; ignored" in r.getMessage() for r in caplog.records)
+    items_file.write_bytes(items_file.read_bytes()[:-100])
+    caplog.clear()
+    assert load_state(bundle, config).precomputed == {}
+    assert any(re.search(r"server\.precomputed: cannot read .*hybrid-k5", r.getMessage()) for r in caplog.records)
+
 
 def test_rows_whose_answer_degraded_are_left_to_the_live_pipeline(bundle: Path, tmp_path: Path) -> None:
     class OddOnly(CandidateSource):
