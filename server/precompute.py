@@ -142,8 +142,10 @@ def _work(task: tuple[int, int]) -> tuple[int, int]:
     empty = 0
     for row in range(start, stop):
         user_id = str(model.user_ids[row]) if row < model.num_users else ""
-        result, _, _ = service.recommend(pb.RecommendRequest(user_id=user_id, k=k, pipeline=name))
-        if result.degraded:  # not the answer the pipeline gives when everything works: compute it live
+        result, ctx, _ = service.recommend(pb.RecommendRequest(user_id=user_id, k=k, pipeline=name))
+        # a degraded answer is not the one the pipeline gives when everything works; and an id
+        # that does not lead back to its own row (it cannot, in a valid bundle) is not this row's
+        if result.degraded or ctx.user != (row if row < model.num_users else -1):
             lengths[row] = -1
             empty += 1
             continue
