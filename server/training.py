@@ -64,6 +64,28 @@ def interaction_matrix(users: np.ndarray, items: np.ndarray, weights: np.ndarray
     return matrix
 
 
+MAX_STRENGTH = 1e9  # a user-item strength past this squares past 1e18: the gram and SVD sums near float32's limit
+
+
+def check_strengths(matrix: sp.csr_matrix) -> None:
+    """Refuse strengths so large that the item-item gram or the SVD would overflow 32-bit floats
+    (event weights of 1e20 trained a bundle of infinite item-item weights, and exited 0)."""
+    if matrix.nnz and not float(matrix.data.max()) <= MAX_STRENGTH:
+        raise DataError(f"user-item strengths reach {float(matrix.data.max()):.3g}, above {MAX_STRENGTH:.0e}: "
+                        "the item-item model and the SVD would overflow 32-bit floats; lower "
+                        "training.events.weights (or value_scaled, or the events' value column), or use "
+                        "events.transform: log1p")
+
+
+def check_finite(arrays: dict[str, np.ndarray]) -> None:
+    """Every float array of a bundle must be finite: one that is not would serve NaN scores."""
+    for name, array in arrays.items():
+        if array.dtype.kind == "f" and array.size and not np.isfinite(array).all():
+            raise DataError(f"training produced non-finite values in {name}; the event weights "
+                            "(training.events.weights, value_scaled, the value column) are probably too large "
+                            "for 32-bit floats")
+
+
 def collaborative_factors(matrix: sp.csr_matrix, components: int, n_iter: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """User factors U*Sigma and item factors V, so that user . item approximates the matrix."""
     limit = min(matrix.shape) - 1
@@ -311,6 +333,7 @@ def train(events_path: str | Path, items_path: str | Path, config: TrainingConfi
     with steps.step(f"interaction matrix ({n_users} users x {n_items} items)"):
         matrix = interaction_matrix(events.users, item_of_event, events.weights, (n_users, n_items),
                                     config.events.transform)
+        check_strengths(matrix)
         histories = user_histories(matrix, events.users, item_of_event, events.timestamps,
                                    events.event_codes, events.weights)
     with steps.step(f"collaborative factors (TruncatedSVD, {config.collaborative.components} components)"):
@@ -357,6 +380,7 @@ def train(events_path: str | Path, items_path: str | Path, config: TrainingConfi
         **item_item,
         **extra,
     }
+    check_finite(arrays)
     data_fingerprint = {"events_sha256": file_sha256(events_path), "items_sha256": file_sha256(items_path)}
     config_dict = config.to_dict()
     manifest = {

@@ -494,3 +494,27 @@ def test_user_candidates_are_stored_when_configured(tiny: tuple[Path, Path], tmp
         path.write_text(f"training:\n  collaborative:\n    user_candidates: {bad}\n")
         with pytest.raises(ConfigError, match=r"c\.yaml: training\.collaborative\.user_candidates: "):
             load_training_config(path)
+
+
+def test_weights_too_large_for_32_bit_floats_are_refused(tmp_path: Path) -> None:
+    """Event weights of 1e20 trained a bundle whose item-item weights were infinite, and exited 0."""
+    events = write_events(tmp_path / "events.csv", basic_events())
+    items = write_items(tmp_path / "items.csv")
+    config = TrainingConfig()
+    config.collaborative.components, config.content.dims = 3, 4
+    config.events.weights = {name: 1e20 for name in config.events.weights}
+    with pytest.raises(DataError, match=r"user-item strengths reach 2e\+20, above 1e\+09: .*training\.events\.weights"):
+        train(events, items, config, tmp_path / "m")
+    assert not (tmp_path / "m").exists()
+    config.events.transform = "log1p"  # the same weights, damped, train a usable bundle
+    train(events, items, config, tmp_path / "m")
+    model = load_model(tmp_path / "m")
+    assert np.isfinite(model.item_item.data).all() and np.isfinite(model.user_factors).all()
+
+
+def test_a_bundle_array_that_is_not_finite_is_refused() -> None:
+    from hybridrec.server.training import check_finite
+
+    check_finite({"ids": np.array(["a"]), "ok": np.ones(3, dtype=np.float32)})
+    with pytest.raises(DataError, match=r"non-finite values in popularity; the event weights"):
+        check_finite({"ok": np.ones(3, dtype=np.float32), "popularity": np.array([1.0, np.inf], dtype=np.float32)})
