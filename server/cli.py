@@ -96,7 +96,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         logging.getLogger("hybridrec").info("writing demo data to %s", data_dir)
         generate(data_dir)
     if not (model_dir / MANIFEST).is_file():
+        precomputed = _precomputed_in(args.config)
         train(data_dir / "events.csv", data_dir / "items.csv", load_training_config(args.config), model_dir, args.config)
+        if precomputed:
+            from .precompute import precompute
+
+            _report_precomputed(precompute(model_dir, args.config))
     print(f"demo model in {model_dir}; serving on {args.host}:{args.port} "
           f"(try: hybridrec recommend --user u-00001 -k 10 --explain)", flush=True)
     serve(model_dir, args.config, host=args.host, port=args.port, max_workers=args.threads)

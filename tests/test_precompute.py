@@ -233,3 +233,16 @@ def test_precompute_command_and_train_with_a_precomputed_config(tmp_path: Path, 
                  "--out", str(tmp_path / "m2")]) == 1  # refused before training
     assert "'nope' is not a pipeline" in capsys.readouterr().err
     assert not (tmp_path / "m2").exists()
+
+
+def test_demo_with_a_precomputing_config_stores_the_answers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import hybridrec.server.app as app
+
+    served = []
+    monkeypatch.setattr(app, "serve", lambda model_dir, config, **kw: served.append((model_dir, config)))
+    config = config_with(tmp_path, {"hybrid": [10]}, "demo.yaml",
+                         lambda d: d.update(training={"collaborative": {"components": 8}, "content": {"dims": 8}}))
+    assert main(["demo", "--dir", str(tmp_path / "demo"), "--config", str(config), "--port", "0"]) == 0
+    model_dir = tmp_path / "demo" / "model"
+    assert served == [(model_dir, config)]
+    assert sorted(load_state(model_dir, config).precomputed) == [("hybrid", 10)]
