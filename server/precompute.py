@@ -98,6 +98,8 @@ def load_tables(model: Model, config: Any) -> dict[tuple[str, int], Table]:
             continue
         try:
             meta = json.loads((where / "table.json").read_text(encoding="utf-8"))
+            if not isinstance(meta, dict):
+                raise ValueError("table.json is not a JSON object")
             if meta.get("fingerprint") != table_fingerprint(model, config.raw, name, k):
                 log.warning("server.precomputed: the stored answers for pipeline %r at k=%d are from another bundle, "
                             "config or hybridrec version; ignored (run `hybridrec precompute` again); those calls "

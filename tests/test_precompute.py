@@ -148,6 +148,12 @@ def test_a_table_that_no_longer_matches_is_ignored(bundle: Path, tmp_path: Path,
     caplog.clear()
     assert load_state(bundle, config).precomputed == {}
     assert any("holds values outside the bundle's items; ignored" in r.getMessage() for r in caplog.records)
+    meta_file = table_dir(bundle, "hybrid", 5) / "table.json"
+    meta_file.write_text("[1, 2]")
+    caplog.clear()
+    assert load_state(bundle, config).precomputed == {}
+    assert any("table.json is not a JSON object" in r.getMessage() for r in caplog.records)
+    meta_file.write_text(json.dumps(meta))
     items_file.write_bytes(items_file.read_bytes()[:-100])
     caplog.clear()
     assert load_state(bundle, config).precomputed == {}
