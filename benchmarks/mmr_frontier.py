@@ -29,7 +29,8 @@ seed 42), takes each user's top `--pool` items of the `hybrid` pipeline with the
   from a grid (1.0 to 0.0), the groups' lambdas together giving the most ILD@10 for at most 5%
   less NDCG@10 (a Lagrangian over the groups' per-user NDCG and ILD, read off the test split).
   The groups are deciles of history length; 64 cells of history length x the top 10's ILD x
-  how steeply the pool's scores fall; and each user alone. The last reads every user's test
+  how steeply the pool's scores fall; deciles of the history's own ILD (how varied the user's
+  rated items are); 64 cells of that x history length; and each user alone. The last reads every user's test
   items, so it bounds any rule that sets lambda per user, however it is predicted.
 
 It also prints the hit rate of pool items by rank and by their mean content similarity to the
@@ -320,8 +321,14 @@ def main() -> int:
     ndcg_grid, ild_grid = np.stack([c[0] for c in curves]), np.stack([c[1] for c in curves])
     gap = np.asarray([(s[0] - s[min(k, s.shape[0]) - 1]) / max(s[0] - s[:args.pool].min(), 1e-12) for s in scores])
     cells = quantile_bins(history, 4) * 16 + quantile_bins(ild_grid[0], 4) * 4 + quantile_bins(gap, 4)
+    # how varied the user's own history is (mean content distance between their rated items)
+    history_ild = np.asarray([1.0 - ((unit[h[0]] @ unit[h[0]].T).sum() - h[0].shape[0])
+                              / max(h[0].shape[0] * (h[0].shape[0] - 1), 1) for h in histories])
     for name, groups in (("history decile", quantile_bins(history, 10)),
                          ("cell of 64 (history, ILD, score fall)", cells),
+                         ("history ILD decile", quantile_bins(history_ild, 10)),
+                         ("cell of 64 (history ILD, length)",
+                          quantile_bins(history_ild, 8) * 8 + quantile_bins(history, 8)),
                          ("user, an oracle", np.arange(len(users)))):
         rows.append((f"mmr lambda per {name} (reads test)", allocate(ndcg_grid, ild_grid, groups, 0.95)))
     base_ndcg, base_ild = rows[0][1]

@@ -222,7 +222,10 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     from .tuning import tune
 
     _quiet_training(args)
-    result = tune(args.data, args.config, args.out, pipeline=args.pipeline, seed=args.seed, progress=_progress)
+    chosen = {name: value for name, value in (("valid_ratio", args.valid_ratio), ("folds", args.folds))
+              if value is not None}  # else tune's defaults
+    result = tune(args.data, args.config, args.out, pipeline=args.pipeline, seed=args.seed, progress=_progress,
+                  **chosen)
     print(f"validation ndcg@10 {result['validation_ndcg@10']:.4f} after {len(result['trials'])} trials "
           f"in {result['seconds']} s")
     training = result["training"]
@@ -265,6 +268,14 @@ def positive_float(text: str) -> float:
     value = float(text)
     if not 0.0 < value < float("inf"):  # also refuses nan
         raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
+
+
+def open_fraction(text: str) -> float:
+    """argparse type: a share strictly between 0 and 1 (a holdout ratio)."""
+    value = float(text)
+    if not 0.0 < value < 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be strictly between 0 and 1, got {text}")
     return value
 
 
@@ -366,6 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="tuned config YAML to write")
     p.add_argument("--pipeline", default="hybrid", help="the pipeline whose ndcg@10 is maximised")
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--valid-ratio", type=open_fraction, default=None,
+                   help="share of each user's training items held out in a validation fold (default 0.1)")
+    p.add_argument("--folds", type=positive_int, default=None, help="validation folds averaged per trial (default 4)")
     p.set_defaults(func=_cmd_tune)
 
     p = sub.add_parser("demo-data", help="write a synthetic learning-marketplace dataset")

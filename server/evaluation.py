@@ -195,17 +195,22 @@ def cold_start_users_section(table: EventTable, items_csv: Path, config: Trainin
     """Hold out whole users; give their first events as request context; score the rest."""
     context, test = splits.cold_start_users(table.users, table.items, table.timestamps, fraction, n_context, seed)
     with trained(table, ~(context | test), items_csv, config, pipelines_config, workdir, "cold-users") as service:
-        contexts = splits.held_out_items(table.users, table.items, context)
-        held = splits.held_out_items(table.users, table.items, test)
-        users, relevant = relevant_indices(service, held)
-        by_user = {str(u): v for u, v in contexts.items()}
-        ctx_lists = [[str(i) for i in by_user.get(u, np.array([])).tolist()] for u in users]
-        anonymous = [""] * len(users)
+        contexts, relevant = cold_start_requests(service, table, context, test)
         out = {}
         for name in pipelines:
-            recs = recommend_all(service, name, anonymous, max(ks), ctx_lists)
+            recs = recommend_all(service, name, [""] * len(contexts), max(ks), contexts)
             out[name] = metrics.ranking_metrics(recs, relevant, ks)
-    return {"users": len(users), "context_items": n_context, "metrics": out}
+    return {"users": len(contexts), "context_items": n_context, "metrics": out}
+
+
+def cold_start_requests(service: RecommenderService, table: EventTable, context: np.ndarray,
+                        test: np.ndarray) -> tuple[list[list[str]], list[np.ndarray]]:
+    """For each held-out user: the context item ids of an anonymous request, and the indices of
+    the items to find (the rows of `splits.cold_start_users`' two masks)."""
+    held = splits.held_out_items(table.users, table.items, test)
+    users, relevant = relevant_indices(service, held)
+    by_user = {str(u): v for u, v in splits.held_out_items(table.users, table.items, context).items()}
+    return [[str(i) for i in by_user.get(u, np.array([])).tolist()] for u in users], relevant
 
 
 def check_pipelines(config_path: Path, wanted: Sequence[str] | None) -> list[str]:
@@ -257,10 +262,11 @@ def evaluate(data: str | Path, config_path: str | Path, split: str = "random", t
             report["best"] = max(names, key=lambda p: report["pipelines"][p]["metrics"].get("ndcg@10", 0.0))
             with_mmr = [p for p in names if mmr_stage(service.state.config.pipelines[p]) is not None]
             if with_mmr and lambdas:
-                say(f"MMR curve of {with_mmr[0]} over lambda {', '.join(str(x) for x in lambdas)}")
-                report["mmr_curve"] = {"pipeline": with_mmr[0],
-                                       "default_lambda": mmr_stage(service.state.config.pipelines[with_mmr[0]]).params.lambda_weight,
-                                       "points": mmr_curve(service, with_mmr[0], users, relevant, lambdas)}
+                default = mmr_stage(service.state.config.pipelines[with_mmr[0]]).params.lambda_weight
+                curve = sorted({*lambdas, default}, reverse=True)  # the configured lambda is always a point
+                say(f"MMR curve of {with_mmr[0]} over lambda {', '.join(str(x) for x in curve)}")
+                report["mmr_curve"] = {"pipeline": with_mmr[0], "default_lambda": default,
+                                       "points": mmr_curve(service, with_mmr[0], users, relevant, curve)}
         if cold_start:
             # content is the only way to reach a held-out item: use the best pipeline that has it
             with_content = [p for p in sorted(names, key=lambda p: -report["pipelines"][p]["metrics"].get("ndcg@10", 0.0))

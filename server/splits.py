@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 
-def _check_ratio(name: str, value: float) -> None:
+def check_ratio(name: str, value: float) -> None:
     if not 0.0 < value < 1.0:
         raise ValueError(f"{name} must be strictly between 0 and 1, got {value!r}")
 
@@ -80,7 +80,7 @@ def random_holdout(users: np.ndarray, items: np.ndarray, test_ratio: float = 0.2
     All events of a chosen item go to test. Users with fewer than 2 distinct items stay
     entirely in train, and every user keeps at least one item in train.
     """
-    _check_ratio("test_ratio", test_ratio)
+    check_ratio("test_ratio", test_ratio)
     pairs = _Pairs(users, items)
     shuffle = np.random.default_rng(seed).random(len(pairs))
     position, n = _rank_in_group(pairs.user, shuffle)
@@ -90,7 +90,7 @@ def random_holdout(users: np.ndarray, items: np.ndarray, test_ratio: float = 0.2
 
 def temporal_split(timestamps: np.ndarray, test_ratio: float = 0.2) -> np.ndarray:
     """Test-row mask: rows at or after the ``1 - test_ratio`` quantile of the timestamps."""
-    _check_ratio("test_ratio", test_ratio)
+    check_ratio("test_ratio", test_ratio)
     timestamps = np.asarray(timestamps)
     if timestamps.size == 0:
         return np.zeros(0, dtype=bool)
@@ -117,7 +117,7 @@ def cold_start_items(items: np.ndarray, fraction: float = 0.1, seed: int = 42) -
     ``round(fraction * n_items)`` items are held out, at least one, and at least one item
     is always left for training.
     """
-    _check_ratio("fraction", fraction)
+    check_ratio("fraction", fraction)
     items = np.asarray(items)
     distinct, item_of_row = np.unique(items, return_inverse=True)
     count = min(max(1, round(fraction * distinct.size)), distinct.size - 1)
@@ -137,7 +137,7 @@ def cold_start_users(users: np.ndarray, items: np.ndarray, timestamps: np.ndarra
     test. Each of their rows is in exactly one mask, so training on ``~(context | test)``
     never sees them.
     """
-    _check_ratio("fraction", fraction)
+    check_ratio("fraction", fraction)
     _check_count("n_context", n_context)
     _check_lengths(users=users, items=items, timestamps=timestamps)
     pairs = _Pairs(users, items)

@@ -16,7 +16,8 @@ import yaml
 from . import metrics, splits
 from .config import build_dataclass, load_yaml, TrainingConfig
 from .errors import DataError
-from .evaluation import EventTable, check_pipelines, mmr_stage, prepare_dataset, recommend_all, relevant_indices, trained
+from .evaluation import (EventTable, check_pipelines, cold_start_requests, mmr_stage, prepare_dataset, recommend_all,
+                         relevant_indices, trained)
 
 log = logging.getLogger("hybridrec")
 
@@ -26,11 +27,19 @@ SEARCH_DLAE_DROPOUT = (0.5, 0.6, 0.7, 0.8)
 SEARCH_SESSION_SECONDS = (None, 60.0, 300.0, 900.0, 3600.0)
 SEARCH_SESSION_WEIGHT = (1.0, 2.0, 3.0, 5.0)
 # the scorer's popularity prior: (prior_weight, prior_items); (0, 8) is no prior
-SEARCH_PRIOR = ((0.0, 8.0), (0.2, 8.0), (0.2, 32.0), (0.4, 8.0), (0.4, 32.0), (0.6, 8.0), (0.6, 32.0), (1.0, 8.0))
-MMR_LAMBDAS = (0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5, 0.4, 0.3)
+SEARCH_PRIOR = ((0.0, 8.0), (0.2, 8.0), (0.2, 32.0), (0.4, 8.0), (0.4, 32.0), (0.6, 8.0), (0.6, 32.0), (0.8, 8.0),
+                (1.0, 4.0), (1.0, 8.0), (1.0, 16.0))
+COLD_USERS = 0.2  # share of the training side's users held out to validate the prior for new users
+COLD_CONTEXT = 5  # their first items, given as context (as `evaluate`'s cold-start users run)
+MMR_LAMBDAS = (0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5, 0.4, 0.3, 0.25, 0.2, 0.15, 0.1)
 MMR_MAX_NDCG_LOSS = 0.04  # the most diverse lambda that keeps ndcg@10 within 4% of no MMR
 MIN_GAIN = 0.0025  # a change must beat the incumbent by this relative margin: less is noise
-FOLDS = 2  # validation folds averaged per trial
+# Validation: FOLDS random holdouts of VALID_RATIO of each user's training items, averaged per trial.
+# A small holdout keeps each validation model close in size to the final one (90% of its rows):
+# with a 25% holdout (56% of the ratings) the search preferred fewer SVD components and less
+# item-item weight, settings that lose on the full training data.
+FOLDS = 4
+VALID_RATIO = 0.1
 
 
 def weight_grid(sources: Sequence[str]) -> list[dict[str, float]]:
@@ -55,8 +64,12 @@ def event_weight_variants(weights: dict[str, float], present: set[str]) -> list[
 
 def tune(data: str | Path, base_config: str | Path, out_path: str | Path, pipeline: str = "hybrid",
          mmr_pipeline: str | None = None, test_ratio: float = 0.25, seed: int = 42,
-         progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+         progress: Callable[[str], None] | None = None, valid_ratio: float = VALID_RATIO,
+         folds: int = FOLDS) -> dict[str, Any]:
     """Search, write the tuned config to `out_path`, and return what was chosen and measured."""
+    splits.check_ratio("valid_ratio", valid_ratio)
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 1:
+        raise ValueError(f"folds must be an integer >= 1, got {folds!r}")
     say = progress or (lambda m: log.info("%s", m))
     started = time.perf_counter()
     base_config = Path(base_config)
@@ -73,14 +86,14 @@ def tune(data: str | Path, base_config: str | Path, out_path: str | Path, pipeli
         train_rows = np.nonzero(~protocol_test)[0]
         sub = EventTable(table.header, [table.rows[i] for i in train_rows], table.users[train_rows],
                          table.items[train_rows], table.timestamps[train_rows])
-        folds = [splits.random_holdout(sub.users, sub.items, test_ratio, seed + 1 + f) for f in range(FOLDS)]
-        helds = [splits.held_out_items(sub.users, sub.items, valid) for valid in folds]
-        say(f"validation: {FOLDS} folds of {int(folds[0].sum())} rows carved from the {len(sub.rows)} training rows "
+        valids = [splits.random_holdout(sub.users, sub.items, valid_ratio, seed + 1 + f) for f in range(folds)]
+        helds = [splits.held_out_items(sub.users, sub.items, valid) for valid in valids]
+        say(f"validation: {folds} folds of {int(valids[0].sum())} rows carved from the {len(sub.rows)} training rows "
             f"(the protocol's {int(protocol_test.sum())} test rows are not used)")
 
         def measure(cfg: TrainingConfig, weights: dict[str, float] | None, label: str) -> float:
             scores = []
-            for fold, (valid, held) in enumerate(zip(folds, helds)):
+            for fold, (valid, held) in enumerate(zip(valids, helds)):
                 with trained(sub, ~valid, items_csv, cfg, base_config, workdir, f"tune-{fold}") as service:
                     pipe = service.state.config.pipelines.get(pipeline)
                     if pipe is None:
@@ -126,7 +139,7 @@ def tune(data: str | Path, base_config: str | Path, out_path: str | Path, pipeli
         weights, prior, chosen_lambda = None, None, None
         with contextlib.ExitStack() as stack:
             services = [stack.enter_context(trained(sub, ~valid, items_csv, config, base_config, workdir,
-                                                    f"tune-weights-{f}")) for f, valid in enumerate(folds)]
+                                                    f"tune-weights-{f}")) for f, valid in enumerate(valids)]
             lists = [relevant_indices(service, held) for service, held in zip(services, helds)]
             pipes = [service.state.config.pipelines[pipeline] for service in services]
             sources = [s.name for s in pipes[0].sources if s.name != pipes[0].scorer.params.fallback]
@@ -144,67 +157,108 @@ def tune(data: str | Path, base_config: str | Path, out_path: str | Path, pipeli
             say(f"  best blend {weights or 'unchanged'}: validation ndcg@10 {best:.4f}")
             for pipe in pipes:  # the grid left its last blend in place
                 pipe.scorer.params.weights = weights or configured
-            prior = _tune_prior(services, pipes, lists, pipeline, best, trials, say)
+            prior = None
+            if hasattr(pipes[0].scorer.params, "prior_weight"):
+                # new users: held out of a model trained on the rest of the training side; their first
+                # COLD_CONTEXT items are an anonymous request's context, the rest are to be found
+                context, held_out = splits.cold_start_users(sub.users, sub.items, sub.timestamps, COLD_USERS,
+                                                            COLD_CONTEXT, seed + 100)
+                cold_service = stack.enter_context(trained(sub, ~(context | held_out), items_csv, config,
+                                                           base_config, workdir, "tune-cold-users"))
+                cold_service.state.config.pipelines[pipeline].scorer.params.weights = weights or configured
+                cold = (cold_service, *cold_start_requests(cold_service, sub, context, held_out))
+                say(f"  cold-start validation: {len(cold[1])} users held out of training, "
+                    f"{COLD_CONTEXT} context items each")
+                prior = _tune_prior(services, pipes, lists, pipeline, trials, say, cold)
             if prior is not None:
                 best = prior[2]
                 prior = prior[:2]
-            service, (users, relevant) = services[0], lists[0]
             mmr_pipeline = mmr_pipeline or next(
-                (p for p, obj in service.state.config.pipelines.items() if mmr_stage(obj) is not None), None)
+                (p for p, obj in services[0].state.config.pipelines.items() if mmr_stage(obj) is not None), None)
             if mmr_pipeline:
-                chosen_lambda = _tune_mmr(service, mmr_pipeline, weights, users, relevant, trials, say, prior)
-    tuned = _apply(raw, config, pipeline, mmr_pipeline, weights, chosen_lambda, prior)
+                chosen_lambda = _tune_mmr(services, mmr_pipeline, weights, lists, trials, say, prior)
+    tuned = apply_tuned(raw, config, pipeline, mmr_pipeline, weights, chosen_lambda, prior)
     header = (f"# Tuned by `hybridrec tune` from {base_config.name} on {Path(data).name}: validation "
-              f"ndcg@10 {best:.4f} ({len(trials)} trials, seed {seed}).\n")
+              f"ndcg@10 {best:.4f} ({len(trials)} trials; {folds} folds of {valid_ratio:g} of each user's "
+              f"training items, seed {seed}).\n")
     Path(out_path).write_text(header + yaml.safe_dump(tuned, sort_keys=False, default_flow_style=None, width=110))
     return {"validation_ndcg@10": best, "training": config.to_dict(), "weights": weights,
-            "prior": prior, "mmr_lambda": chosen_lambda, "trials": trials, "seconds": round(time.perf_counter() - started, 1)}
+            "prior": prior, "mmr_lambda": chosen_lambda, "trials": trials, "folds": folds, "valid_ratio": valid_ratio,
+            "validation_rows": [int(valid.sum()) for valid in valids],
+            "seconds": round(time.perf_counter() - started, 1)}
 
 
-def _tune_prior(services, pipes, lists, pipeline: str, best: float, trials: list,
-                say) -> tuple[float, float, float] | None:
-    """The scorer's popularity prior (prior_weight, prior_items) with its validation ndcg@10, when
-    one beats the incumbent (the config's own prior, at the chosen blend) by MIN_GAIN; else None."""
+def _tune_prior(services, pipes, lists, pipeline: str, trials: list, say, cold) -> tuple[float, float, float] | None:
+    """The scorer's popularity prior (prior_weight, prior_items), with its validation ndcg@10, or
+    None to keep the config's own.
+
+    The prior is for requests with little evidence, which the main folds hardly contain, so it
+    is chosen on the held-out new users (`cold`: their service, context lists and items to
+    find), among the settings whose main validation ndcg@10 is within MIN_GAIN of the best
+    setting's. A setting replaces the config's own only when it is better for new users by
+    MIN_GAIN, or when the config's own falls outside that band."""
     params = pipes[0].scorer.params
-    if not hasattr(params, "prior_weight"):
-        return None
+    cold_service, contexts, cold_relevant = cold
+    cold_params = cold_service.state.config.pipelines[pipeline].scorer.params
     incumbent = (params.prior_weight, params.prior_items)
-    chosen = None
-    for weight, items in SEARCH_PRIOR:
-        if (weight, items) == incumbent or (weight == 0 and incumbent[0] == 0):
-            continue
+    settings = [incumbent] + [s for s in SEARCH_PRIOR if s != incumbent and not (s[0] == 0 and incumbent[0] == 0)]
+    found = []  # (setting, main ndcg@10, new users' ndcg@10)
+    for setting in settings:
         scores = []
         for service, pipe, (users, relevant) in zip(services, pipes, lists):
-            pipe.scorer.params.prior_weight, pipe.scorer.params.prior_items = weight, items
+            pipe.scorer.params.prior_weight, pipe.scorer.params.prior_items = setting
             recs = recommend_all(service, pipeline, users, 10)
             scores.append(metrics.ranking_metrics(recs, relevant, (10,))["ndcg@10"])
-        score = float(np.mean(scores))
-        trials.append({"trial": f"prior {weight} x exp(-n / {items:g})", "ndcg@10": round(score, 5)})
-        say(f"  {trials[-1]['trial']:<48} validation ndcg@10 {score:.4f}")
-        if score > best * (1 + MIN_GAIN):
-            best, chosen = score, (weight, items, score)
+        cold_params.prior_weight, cold_params.prior_items = setting
+        new_users = 0.0  # no user with enough items to hold out: main folds alone decide
+        if contexts:
+            recs = recommend_all(cold_service, pipeline, [""] * len(contexts), 10, contexts)
+            new_users = metrics.ranking_metrics(recs, cold_relevant, (10,))["ndcg@10"]
+        found.append((setting, float(np.mean(scores)), new_users))
+        label = "prior (config's own)" if setting == incumbent else "prior"
+        trials.append({"trial": f"{label} {setting[0]} x exp(-n / {setting[1]:g})", "ndcg@10": round(found[-1][1], 5),
+                       "new_users_ndcg@10": round(new_users, 5)})
+        say(f"  {trials[-1]['trial']:<48} validation ndcg@10 {found[-1][1]:.4f}, new users {new_users:.4f}")
+    top = max(main for _, main, _ in found)
+    band = [row for row in found if row[1] >= top * (1 - MIN_GAIN)]
+    pick = max(band, key=lambda row: (row[2], row[1]))  # ties on new users go to the main folds
+    own = found[0]
+    if own in band and pick[2] <= own[2] * (1 + MIN_GAIN):
+        pick = own
+    chosen = None if pick is own else (*pick[0], pick[1])
     for pipe in pipes:  # what later steps (MMR) run with
-        pipe.scorer.params.prior_weight, pipe.scorer.params.prior_items = chosen[:2] if chosen else incumbent
-    say(f"  popularity prior {chosen[:2] if chosen else 'unchanged'}: validation ndcg@10 {best:.4f}")
+        pipe.scorer.params.prior_weight, pipe.scorer.params.prior_items = pick[0]
+    say(f"  popularity prior {pick[0] if chosen else 'unchanged'}: validation ndcg@10 {pick[1]:.4f}, "
+        f"new users {pick[2]:.4f}")
     return chosen
 
 
-def _tune_mmr(service, name: str, weights, users, relevant, trials: list, say,
+def _tune_mmr(services, name: str, weights, lists, trials: list, say,
               prior: tuple[float, float] | None = None) -> float | None:
-    pipe = service.state.config.pipelines[name]
-    stage = mmr_stage(pipe)
-    if weights is not None:
-        pipe.scorer.params.weights = weights
-    if prior is not None and hasattr(pipe.scorer.params, "prior_weight"):
-        pipe.scorer.params.prior_weight, pipe.scorer.params.prior_items = prior
-    stage.params.lambda_weight = 1.0
-    base = metrics.ranking_metrics(recommend_all(service, name, users, 10), relevant, (10,))["ndcg@10"]
+    """The most diverse MMR lambda whose ndcg@10, averaged over the folds, stays within
+    MMR_MAX_NDCG_LOSS of the same pipeline without MMR (lambda 1)."""
+    stages = []
+    for service in services:
+        pipe = service.state.config.pipelines[name]
+        if weights is not None:
+            pipe.scorer.params.weights = weights
+        if prior is not None and hasattr(pipe.scorer.params, "prior_weight"):
+            pipe.scorer.params.prior_weight, pipe.scorer.params.prior_items = prior
+        stages.append(mmr_stage(pipe))
+
+    def run(lam: float) -> tuple[float, float]:
+        ndcg, ild = [], []
+        for service, stage, (users, relevant) in zip(services, stages, lists):
+            stage.params.lambda_weight = lam
+            recs = recommend_all(service, name, users, 10)
+            ndcg.append(metrics.ranking_metrics(recs, relevant, (10,))["ndcg@10"])
+            ild.append(metrics.intra_list_diversity(recs, service.state.model.item_content, 10))
+        return float(np.mean(ndcg)), float(np.mean(ild))
+
+    base = run(1.0)[0]
     chosen = 1.0
     for lam in MMR_LAMBDAS:
-        stage.params.lambda_weight = lam
-        recs = recommend_all(service, name, users, 10)
-        ndcg = metrics.ranking_metrics(recs, relevant, (10,))["ndcg@10"]
-        ild = metrics.intra_list_diversity(recs, service.state.model.item_content, 10)
+        ndcg, ild = run(lam)
         trials.append({"trial": f"mmr lambda {lam}", "ndcg@10": round(ndcg, 5), "ild@10": round(ild, 5)})
         if ndcg >= (1 - MMR_MAX_NDCG_LOSS) * base:
             chosen = lam
@@ -212,7 +266,7 @@ def _tune_mmr(service, name: str, weights, users, relevant, trials: list, say,
     return chosen
 
 
-def _apply(raw: dict, config: TrainingConfig, pipeline: str, mmr_pipeline: str | None,
+def apply_tuned(raw: dict, config: TrainingConfig, pipeline: str, mmr_pipeline: str | None,
            weights: dict | None, lam: float | None, prior: tuple[float, float] | None = None) -> dict:
     tuned = copy.deepcopy(raw)
     tuned["training"] = config.to_dict()

@@ -14,11 +14,12 @@ from hybridrec.server.errors import ConfigError, DataError
 from hybridrec.server.evaluation import evaluate
 from hybridrec.server.pipeline import Pipeline, load_serving_config
 from hybridrec.server.plugin_manager import Plugins
-from hybridrec.server.tuning import tune, weight_grid
+from hybridrec.server.tuning import MIN_GAIN, SEARCH_PRIOR, apply_tuned, tune, weight_grid
 
 from .conftest import DEFAULT_CONFIG, REPO, shared_dataset
 
 MOVIELENS_CONFIG = REPO / "server" / "configs" / "movielens-100k.yaml"
+UNTUNED_CONFIG = REPO / "server" / "configs" / "movielens-100k-untuned.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +51,8 @@ def test_mmr_curve_trades_accuracy_for_diversity(demo_report: dict) -> None:
     curve = demo_report["mmr_curve"]
     assert curve["pipeline"] == "hybrid" and curve["default_lambda"] == 0.7
     points = {p["lambda"]: p for p in curve["points"]}
+    assert list(points) == [1.0, 0.7, 0.5, 0.2]  # the configured 0.7 joins the asked lambdas, in order
+    assert points[0.7]["ndcg@10"] == pytest.approx(demo_report["pipelines"]["hybrid"]["metrics"]["ndcg@10"])
     assert points[0.2]["ild@10"] > points[1.0]["ild@10"]
     assert points[1.0]["ndcg@10"] == pytest.approx(demo_report["pipelines"]["hybrid_no_mmr"]["metrics"]["ndcg@10"])
 
@@ -119,11 +122,17 @@ def test_weight_grid() -> None:
 
 def test_tune_writes_a_config_train_and_serve_accept(demo_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "tuned.yaml"
-    result = tune(demo_dir, DEFAULT_CONFIG, out, pipeline="hybrid_no_mmr")
+    result = tune(demo_dir, DEFAULT_CONFIG, out, pipeline="hybrid_no_mmr", folds=2, valid_ratio=0.2)
     assert result["trials"] and result["validation_ndcg@10"] > 0
+    assert result["folds"] == 2 and len(result["validation_rows"]) == 2
+    assert "2 folds of 0.2 of each user's training items" in out.read_text().splitlines()[0]
     scores = [t["ndcg@10"] for t in result["trials"] if "ild@10" not in t]
     assert result["trials"][0]["trial"] == "base config"
-    assert scores[0] - 1e-4 <= result["validation_ndcg@10"] <= max(scores) + 1e-4
+    # a prior may cost the main folds up to MIN_GAIN when it serves new users better
+    assert scores[0] * (1 - MIN_GAIN) - 1e-4 <= result["validation_ndcg@10"] <= max(scores) + 1e-4
+    priors = [t for t in result["trials"] if t["trial"].startswith("prior")]
+    assert priors[0]["trial"].startswith("prior (config's own)")
+    assert all("new_users_ndcg@10" in t for t in priors) and len(priors) >= len(SEARCH_PRIOR)
     config = load_training_config(out)
     serving = load_serving_config(out, Plugins())
     if result["weights"]:
@@ -135,6 +144,38 @@ def test_tune_writes_a_config_train_and_serve_accept(demo_dir: Path, tmp_path: P
     if result["prior"]:
         scorer = serving.pipelines["hybrid_no_mmr"].scorer.params
         assert (scorer.prior_weight, scorer.prior_items) == tuple(result["prior"])
+
+
+def test_tune_refuses_a_bad_validation_split_before_reading_data(tmp_path: Path, capsys) -> None:
+    for kwargs, field in (({"valid_ratio": 0.0}, "valid_ratio"), ({"valid_ratio": 1.0}, "valid_ratio"),
+                          ({"folds": 0}, "folds"), ({"folds": 1.5}, "folds")):
+        with pytest.raises(ValueError, match=field):
+            tune(tmp_path / "absent", DEFAULT_CONFIG, tmp_path / "t.yaml", **kwargs)
+    for flag, value in (("--valid-ratio", "1.5"), ("--valid-ratio", "nan"), ("--folds", "0")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["tune", "--data", str(tmp_path), "--out", str(tmp_path / "t.yaml"), flag, value])
+        assert exit_info.value.code == 2
+        assert f"argument {flag}" in capsys.readouterr().err
+    assert not (tmp_path / "t.yaml").exists()
+
+
+def test_the_movielens_config_is_the_untuned_one_with_only_the_searched_values_changed() -> None:
+    # the README says movielens-100k.yaml is `tune`'s output from the untuned config: the two may
+    # differ only where `tune` writes (searched training fields, blend, prior and MMR lambda)
+    tuned_raw, untuned_raw = yaml.safe_load(MOVIELENS_CONFIG.read_text()), yaml.safe_load(UNTUNED_CONFIG.read_text())
+    tuned, untuned = load_training_config(MOVIELENS_CONFIG), load_training_config(UNTUNED_CONFIG)
+    for section, field in (("collaborative", "components"), ("item_item", "ease_lambda"),
+                           ("item_item", "dlae_dropout"), ("item_item", "session_seconds"),
+                           ("item_item", "session_weight"), ("events", "weights")):
+        setattr(getattr(untuned, section), field, getattr(getattr(tuned, section), field))
+    assert untuned == tuned
+    scorer = tuned_raw["pipelines"]["hybrid"]["scorer"]["params"]
+    lam = tuned_raw["pipelines"]["hybrid_mmr"]["rerankers"][0]["params"]["lambda_weight"]
+    rebuilt = apply_tuned(untuned_raw, tuned, "hybrid", "hybrid_mmr", scorer["weights"], lam,
+                     (scorer["prior_weight"], scorer["prior_items"]))
+    assert rebuilt["pipelines"] == tuned_raw["pipelines"] and rebuilt["server"] == tuned_raw["server"]
+    for path in (MOVIELENS_CONFIG, UNTUNED_CONFIG):
+        assert set(load_serving_config(path, Plugins()).pipelines) == set(tuned_raw["pipelines"])
 
 
 def test_movielens_100k_hybrid_beats_its_baselines() -> None:
