@@ -225,12 +225,14 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     chosen = {name: value for name, value in (("valid_ratio", args.valid_ratio), ("folds", args.folds))
               if value is not None}  # else tune's defaults
     result = tune(args.data, args.config, args.out, pipeline=args.pipeline, seed=args.seed, progress=_progress,
-                  **chosen)
+                  structure=args.structure, **chosen)
     print(f"validation ndcg@10 {result['validation_ndcg@10']:.4f} after {len(result['trials'])} trials "
           f"in {result['seconds']} s")
     training = result["training"]
     print(f"chosen: collaborative.components {training['collaborative']['components']}, "
           f"item_item.ease_lambda {training['item_item']['ease_lambda']}, "
+          + (f"events.transform {training['events']['transform']}, item_item.method {training['item_item']['method']}, "
+             if result["structure"] else "") +
           f"events.weights {training['events']['weights']}, weights {result['weights']}, "
           f"mmr lambda {result['mmr_lambda']}")
     print(f"wrote {args.out}")
@@ -380,6 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--valid-ratio", type=open_fraction, default=None,
                    help="share of each user's training items held out in a validation fold (default 0.1)")
     p.add_argument("--folds", type=positive_int, default=None, help="validation folds averaged per trial (default 4)")
+    p.add_argument("--structure", action="store_true",
+                   help="also search the rating transform (none, log1p) and the dense item-item method (EASE, "
+                        "or DLAE with each dropout); otherwise the config's own are kept")
     p.set_defaults(func=_cmd_tune)
 
     p = sub.add_parser("demo-data", help="write a synthetic learning-marketplace dataset")

@@ -26,6 +26,9 @@ SEARCH_EASE_LAMBDA = (200.0, 350.0, 500.0, 750.0, 1000.0)
 SEARCH_DLAE_DROPOUT = (0.5, 0.6, 0.7, 0.8)
 SEARCH_SESSION_SECONDS = (None, 60.0, 300.0, 900.0, 3600.0)
 SEARCH_SESSION_WEIGHT = (1.0, 2.0, 3.0, 5.0)
+# `structure=True` also searches these, first: how ratings are damped, and which dense item-item
+# model (DLAE with each dropout, or EASE) the later coordinates refine
+SEARCH_TRANSFORMS = ("none", "log1p")
 # the scorer's popularity prior: (prior_weight, prior_items); (0, 8) is no prior
 SEARCH_PRIOR = ((0.0, 8.0), (0.2, 8.0), (0.2, 32.0), (0.4, 8.0), (0.4, 32.0), (0.6, 8.0), (0.6, 32.0), (0.8, 8.0),
                 (1.0, 4.0), (1.0, 8.0), (1.0, 16.0))
@@ -65,8 +68,11 @@ def event_weight_variants(weights: dict[str, float], present: set[str]) -> list[
 def tune(data: str | Path, base_config: str | Path, out_path: str | Path, pipeline: str = "hybrid",
          mmr_pipeline: str | None = None, test_ratio: float = 0.25, seed: int = 42,
          progress: Callable[[str], None] | None = None, valid_ratio: float = VALID_RATIO,
-         folds: int = FOLDS) -> dict[str, Any]:
-    """Search, write the tuned config to `out_path`, and return what was chosen and measured."""
+         folds: int = FOLDS, structure: bool = False) -> dict[str, Any]:
+    """Search, write the tuned config to `out_path`, and return what was chosen and measured.
+
+    With `structure`, the rating transform and the dense item-item method are searched too
+    (before the other coordinates); without it they stay as the config has them."""
     splits.check_ratio("valid_ratio", valid_ratio)
     if isinstance(folds, bool) or not isinstance(folds, int) or folds < 1:
         raise ValueError(f"folds must be an integer >= 1, got {folds!r}")
@@ -110,24 +116,44 @@ def tune(data: str | Path, base_config: str | Path, out_path: str | Path, pipeli
 
         best = measure(config, None, "base config")
         present_types = set(np.unique([r.get("event_type", "") for r in sub.rows]).tolist())
-        dense_item_item = config.item_item.method in ("ease", "dlae")
-        searches: list[tuple[str, list[Any], Callable[[TrainingConfig, Any], None]]] = [
-            ("events.weights", event_weight_variants(config.events.weights, present_types),
+
+        def dense(c: TrainingConfig) -> bool:
+            method = c.item_item.method
+            if method == "auto":  # as training resolves it for this catalogue
+                method = "ease" if len(np.unique(sub.items)) <= c.item_item.max_dense_items else "knn"
+            return method in ("ease", "dlae")
+
+        def set_method(c: TrainingConfig, value: tuple[str, float]) -> None:
+            c.item_item.method, c.item_item.dlae_dropout = value
+
+        # each coordinate: its name, its values given the config chosen so far, and how to set one
+        searches: list[tuple[str, Callable[[TrainingConfig], list[Any]], Callable[[TrainingConfig, Any], None]]] = [
+            ("events.weights", lambda c: event_weight_variants(c.events.weights, present_types),
              lambda c, v: setattr(c.events, "weights", v)),
-            ("collaborative.components", list(SEARCH_COMPONENTS),
+        ]
+        if structure:
+            searches += [
+                ("events.transform", lambda c: list(SEARCH_TRANSFORMS), lambda c, v: setattr(c.events, "transform", v)),
+                # dropout means nothing to EASE, so the method and DLAE's dropout are one coordinate
+                ("item_item.method, dlae_dropout",
+                 lambda c: ([("ease", c.item_item.dlae_dropout)] + [("dlae", d) for d in SEARCH_DLAE_DROPOUT]
+                            if dense(c) else []), set_method),
+            ]
+        searches += [
+            ("collaborative.components", lambda c: list(SEARCH_COMPONENTS),
              lambda c, v: setattr(c.collaborative, "components", v)),
             ("item_item.ease_lambda",
-             list(SEARCH_EASE_LAMBDA) if config.item_item.method in ("ease", "dlae", "auto") else [],
+             lambda c: list(SEARCH_EASE_LAMBDA) if dense(c) else [],
              lambda c, v: setattr(c.item_item, "ease_lambda", v)),
-            ("item_item.dlae_dropout", list(SEARCH_DLAE_DROPOUT) if config.item_item.method == "dlae" else [],
+            ("item_item.dlae_dropout", lambda c: list(SEARCH_DLAE_DROPOUT) if c.item_item.method == "dlae" else [],
              lambda c, v: setattr(c.item_item, "dlae_dropout", v)),
-            ("item_item.session_seconds", list(SEARCH_SESSION_SECONDS) if dense_item_item else [],
+            ("item_item.session_seconds", lambda c: list(SEARCH_SESSION_SECONDS) if dense(c) else [],
              lambda c, v: setattr(c.item_item, "session_seconds", v)),
-            ("item_item.session_weight", list(SEARCH_SESSION_WEIGHT) if dense_item_item else [],
+            ("item_item.session_weight", lambda c: list(SEARCH_SESSION_WEIGHT) if dense(c) else [],
              lambda c, v: setattr(c.item_item, "session_weight", v)),
         ]
-        for name, values, apply in searches:
-            for value in values:
+        for name, values_of, apply in searches:
+            for value in values_of(config):
                 candidate = copy.deepcopy(config)
                 apply(candidate, value)
                 if candidate == config:
@@ -184,7 +210,7 @@ def tune(data: str | Path, base_config: str | Path, out_path: str | Path, pipeli
     Path(out_path).write_text(header + yaml.safe_dump(tuned, sort_keys=False, default_flow_style=None, width=110))
     return {"validation_ndcg@10": best, "training": config.to_dict(), "weights": weights,
             "prior": prior, "mmr_lambda": chosen_lambda, "trials": trials, "folds": folds, "valid_ratio": valid_ratio,
-            "validation_rows": [int(valid.sum()) for valid in valids],
+            "validation_rows": [int(valid.sum()) for valid in valids], "structure": structure,
             "seconds": round(time.perf_counter() - started, 1)}
 
 

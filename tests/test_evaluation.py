@@ -14,7 +14,7 @@ from hybridrec.server.errors import ConfigError, DataError
 from hybridrec.server.evaluation import evaluate
 from hybridrec.server.pipeline import Pipeline, load_serving_config
 from hybridrec.server.plugin_manager import Plugins
-from hybridrec.server.tuning import MIN_GAIN, SEARCH_PRIOR, apply_tuned, tune, weight_grid
+from hybridrec.server.tuning import MIN_GAIN, SEARCH_DLAE_DROPOUT, SEARCH_PRIOR, apply_tuned, tune, weight_grid
 
 from .conftest import DEFAULT_CONFIG, REPO, shared_dataset
 
@@ -128,6 +128,8 @@ def test_tune_writes_a_config_train_and_serve_accept(demo_dir: Path, tmp_path: P
     assert "2 folds of 0.2 of each user's training items" in out.read_text().splitlines()[0]
     scores = [t["ndcg@10"] for t in result["trials"] if "ild@10" not in t]
     assert result["trials"][0]["trial"] == "base config"
+    # without `structure` the rating transform and the item-item method stay as configured
+    assert not any(t["trial"].startswith(("events.transform", "item_item.method")) for t in result["trials"])
     # a prior may cost the main folds up to MIN_GAIN when it serves new users better
     assert scores[0] * (1 - MIN_GAIN) - 1e-4 <= result["validation_ndcg@10"] <= max(scores) + 1e-4
     priors = [t for t in result["trials"] if t["trial"].startswith("prior")]
@@ -144,6 +146,27 @@ def test_tune_writes_a_config_train_and_serve_accept(demo_dir: Path, tmp_path: P
     if result["prior"]:
         scorer = serving.pipelines["hybrid_no_mmr"].scorer.params
         assert (scorer.prior_weight, scorer.prior_items) == tuple(result["prior"])
+
+
+def test_tune_with_structure_searches_the_transform_and_the_item_item_method(demo_dir: Path, tmp_path: Path,
+                                                                             capsys) -> None:
+    out = tmp_path / "tuned.yaml"
+    code = main(["tune", "--data", str(demo_dir), "--config", str(DEFAULT_CONFIG), "--out", str(out),
+                 "--pipeline", "hybrid_no_mmr", "--folds", "1", "--valid-ratio", "0.2", "--structure"])
+    assert code == 0
+    captured = capsys.readouterr()
+    printed = captured.out
+    # the progress lines (stderr) name each trial
+    trials = [line.split("validation ndcg@10")[0].strip() for line in captured.err.splitlines() if " = " in line]
+    base = load_training_config(DEFAULT_CONFIG)
+    assert f"events.transform = {({'none', 'log1p'} - {base.events.transform}).pop()}" in trials
+    methods = [t for t in trials if t.startswith("item_item.method, dlae_dropout = ")]
+    # the demo catalogue is small enough for the dense models: EASE and DLAE at every searched dropout
+    assert len(methods) == 1 + len(SEARCH_DLAE_DROPOUT)
+    assert trials.index(methods[0]) < trials.index(next(t for t in trials if t.startswith("collaborative.")))
+    tuned = load_training_config(out)
+    assert tuned.events.transform in ("none", "log1p") and tuned.item_item.method in ("auto", "ease", "dlae")
+    assert f"events.transform {tuned.events.transform}, item_item.method {tuned.item_item.method}" in printed
 
 
 def test_tune_refuses_a_bad_validation_split_before_reading_data(tmp_path: Path, capsys) -> None:
