@@ -25,6 +25,10 @@ seed 42), takes each user's top `--pool` items of the `hybrid` pipeline with the
 - `set search on P(hit | rank)`: the set search above with each pool position's relevance
   replaced by the hit rate of that rank read off the test split itself. It reads test labels,
   so it is an upper bound for any relevance calibrated by rank, not a usable re-ranker.
+- `mmr lambda=L + gamma x history similarity`: greedy MMR whose relevance adds gamma x the
+  pool's z-scored content similarity to the user's history (mean of each item's 10 nearest
+  history items): within a user that similarity predicts hits beyond rank (printed below), so it
+  asks whether MMR can spend its diversity on items that are far from the top but near the history;
 - `mmr lambda per ... (reads test)`: greedy MMR with a lambda chosen for each group of users
   from a grid (1.0 to 0.0), the groups' lambdas together giving the most ILD@10 for at most 5%
   less NDCG@10 (a Lagrangian over the groups' per-user NDCG and ILD, read off the test split).
@@ -36,7 +40,11 @@ seed 42), takes each user's top `--pool` items of the `hybrid` pipeline with the
 It also prints the hit rate of pool items by rank and by their mean content similarity to the
 top 4 (how redundant they are), pooled over users and within users: pooled, the less redundant
 items are hits more often at the same rank, but within a user they are not (the pooled gap comes
-from which users have diverse pools).
+from which users have diverse pools). Then a within-user least-squares fit of hit on log rank,
+redundancy and history similarity at pool ranks 11-40 (each user's mean removed).
+
+`--pipeline` re-ranks another pipeline's pools (`item_item`, `cf`): is the frontier a property of
+the hybrid, or of any model of these ratings?
 
 Relevance is the final score min-max scaled over the pool, as in the MMR stage.
 
@@ -210,6 +218,38 @@ def print_hit_rates(pools: list[np.ndarray], relevant: list[np.ndarray], unit: n
         print(f"{lo + 1}-{hi:<6} {cells[0]:>16} {cells[1]:>16} {cells[2]:>16}   {inner:>36}")
 
 
+def history_similarity(items: np.ndarray, history: np.ndarray, unit: np.ndarray) -> np.ndarray:
+    """Each item's mean content similarity to its 10 most similar history items."""
+    sims = unit[items] @ unit[history].T
+    return np.sort(sims, axis=1)[:, -min(10, sims.shape[1]):].mean(axis=1)
+
+
+def print_within_user_fit(pools: list[np.ndarray], relevant: list[np.ndarray], near: list[np.ndarray],
+                          unit: np.ndarray) -> None:
+    """Least squares of hit on (log rank, redundancy to the top 4, history similarity) at pool
+    ranks 11-40, each variable less its user's mean: what predicts a hit within a user's pool."""
+    rows, hits, owners = [], [], []
+    for user, (items, truth, close) in enumerate(zip(pools, relevant, near)):
+        ranks = np.arange(10, min(40, items.shape[0]))
+        if ranks.shape[0] < 2:
+            continue
+        vectors = unit[items]
+        redundancy = (vectors[ranks] @ vectors[:4].T).mean(axis=1)
+        rows.append(np.column_stack([np.log(ranks + 1.0), redundancy, close[ranks]]))
+        hits.append(np.isin(items[ranks], truth).astype(np.float64))
+        owners.append(np.full(ranks.shape[0], user))
+    x, y, g = np.vstack(rows), np.concatenate(hits), np.concatenate(owners)
+    counts = np.bincount(g)
+    x = x - (np.stack([np.bincount(g, weights=col) for col in x.T], axis=1) / counts[:, None])[g]
+    y = y - (np.bincount(g, weights=y) / counts)[g]
+    coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+    residual = y - x @ coef
+    se = np.sqrt(np.diag(residual @ residual / (y.shape[0] - x.shape[1]) * np.linalg.inv(x.T @ x)))
+    print("within-user fit of hit at pool ranks 11-40 (coefficient +- standard error; sd of the variable):")
+    for name, c, e, sd in zip(("log rank", "similarity to the top 4", "similarity to the history"), coef, se, x.std(axis=0)):
+        print(f"  {name:<28} {c:+.4f} +- {e:.4f}   (sd {sd:.3f})")
+
+
 def unit_interval(text: str) -> float:
     """argparse type: a weight between 0 and 1 (an MMR or xQuAD lambda)."""
     value = float(text)
@@ -225,6 +265,7 @@ def main() -> int:
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "ml-100k"))
     parser.add_argument("--config", type=Path, default=REPO / "server" / "configs" / "movielens-100k.yaml")
     # pools: at least the K items listed; --pool one more, as the set search swaps in items from beyond the top K
+    parser.add_argument("--pipeline", default="hybrid", help="the pipeline whose pools are re-ranked")
     parser.add_argument("--pool", type=int_at_least(K + 1), default=50)
     parser.add_argument("--lambdas", type=unit_interval, nargs="*", default=[0.5, 0.3, 0.2])
     parser.add_argument("--betas", type=non_negative_float, nargs="*", default=[3.0, 5.0, 8.0])
@@ -232,6 +273,8 @@ def main() -> int:
     parser.add_argument("--alphas", type=non_negative_float, nargs="*", default=[1.0, 2.0], help="DPP quality sharpness")
     parser.add_argument("--xquad-lambdas", type=unit_interval, nargs="*", default=[0.5, 0.9],
                         help="weight of the history-coverage term in xQuAD")
+    parser.add_argument("--history-gammas", type=non_negative_float, nargs="*", default=[0.1],
+                        help="weight of history similarity added to MMR's relevance")
     parser.add_argument("--rank-betas", type=non_negative_float, nargs="*", default=[1.2, 2.0],
                         help="diversity weight of the set search on P(hit | rank)")
     args = parser.parse_args()
@@ -244,6 +287,10 @@ def main() -> int:
     k = K
     discount = 1.0 / np.log2(np.arange(2, k + 2))
     config = load_training_config(args.config)
+    try:
+        ev.check_pipelines(args.config, [args.pipeline, "hybrid_mmr"])
+    except Exception as exc:  # an unknown pipeline: the one-line reason, exit 2
+        parser.error(str(exc))
     with tempfile.TemporaryDirectory(prefix="hybridrec-mmr-") as tmp:
         workdir = Path(tmp)
         _, events_csv, items_csv = ev.prepare_dataset(args.data, workdir)
@@ -259,7 +306,7 @@ def main() -> int:
             depth = max([args.pool, *args.deep_pools])
             service.state.config.max_k = max(service.state.config.max_k, depth)  # offline: deeper than served
             for user in users:
-                result, _, _ = service.recommend(pb.RecommendRequest(user_id=user, k=depth, pipeline="hybrid"))
+                result, _, _ = service.recommend(pb.RecommendRequest(user_id=user, k=depth, pipeline=args.pipeline))
                 pools.append(result.candidates.items[result.ranked])
                 scores.append(result.candidates.final[result.ranked].astype(np.float64))
             rows_of_users = [model.user_index[u] for u in users]
@@ -290,7 +337,7 @@ def main() -> int:
         found = metrics.ranking_metrics(recs, relevant, (k,))
         return found[f"ndcg@{k}"], metrics.intra_list_diversity(recs, model.item_content, k)
 
-    rows = [("no re-ranking", measure(lists(lambda row, rel, sims: np.arange(k)))),
+    rows = [(f"no re-ranking ({args.pipeline})", measure(lists(lambda row, rel, sims: np.arange(k)))),
             (f"served (hybrid_mmr, lambda {stage.params.lambda_weight}, keep_top {keep_top})", measure(served))]
     for lam in args.lambdas:
         rows.append((f"mmr lambda={lam}", measure(lists(lambda row, rel, sims: greedy_mmr(rel, sims, lam, keep_top, k)))))
@@ -310,6 +357,16 @@ def main() -> int:
     for lam in args.xquad_lambdas:
         rows.append((f"xquad over history items lambda={lam}",
                      measure(lists(lambda row, rel, sims: xquad_history(rel, aspect_matrix(row), lam, keep_top, k)))))
+    near = [history_similarity(items, h[0], unit) for items, h in zip(pools, histories)]
+    for gamma in args.history_gammas:
+        def with_history(row: int, rel: np.ndarray, sims: np.ndarray, lam: float) -> np.ndarray:
+            close = near[row][: rel.shape[0]]
+            boosted = rel + gamma * (close - close.mean()) / max(float(close.std()), 1e-12)
+            boosted = (boosted - boosted.min()) / max(float(np.ptp(boosted)), 1e-12)
+            return greedy_mmr(boosted, sims, lam, keep_top, k)
+        for lam in args.lambdas:
+            rows.append((f"mmr lambda={lam} + {gamma} x history similarity",
+                         measure(lists(lambda row, rel, sims: with_history(row, rel, sims, lam)))))
     hit_rate = rank_hit_rate(pools, relevant, args.pool)
     for beta in args.rank_betas:
         print(f"set search on P(hit | rank) beta={beta} ...", file=sys.stderr, flush=True)
@@ -333,6 +390,7 @@ def main() -> int:
         rows.append((f"mmr lambda per {name} (reads test)", allocate(ndcg_grid, ild_grid, groups, 0.95)))
     base_ndcg, base_ild = rows[0][1]
     print_hit_rates(pools, relevant, unit, args.pool)
+    print_within_user_fit(pools, relevant, near, unit)
     print(f"{'re-ranking':<66} {'ndcg@10':>8} {'change':>8} {'ild@10':>7} {'change':>8}")
     for name, (ndcg, ild) in rows:
         print(f"{name:<66} {ndcg:8.4f} {100 * (ndcg / base_ndcg - 1):+7.1f}% {ild:7.3f} {100 * (ild / base_ild - 1):+7.1f}%")
