@@ -29,6 +29,8 @@ seed 42), takes each user's top `--pool` items of the `hybrid` pipeline with the
   pool's z-scored content similarity to the user's history (mean of each item's 10 nearest
   history items): within a user that similarity predicts hits beyond rank (printed below), so it
   asks whether MMR can spend its diversity on items that are far from the top but near the history;
+- for scale, `mmr lambda=0`: the most diverse list greedy MMR finds in the pool (relevance
+  ignored after the first `keep_top`), and `10 random catalogue items`;
 - `mmr lambda per ... (reads test)`: greedy MMR with a lambda chosen for each group of users
   from a grid (1.0 to 0.0), the groups' lambdas together giving the most ILD@10 for at most 5%
   less NDCG@10 (a Lagrangian over the groups' per-user NDCG and ILD, read off the test split).
@@ -42,6 +44,10 @@ top 4 (how redundant they are), pooled over users and within users: pooled, the 
 items are hits more often at the same rank, but within a user they are not (the pooled gap comes
 from which users have diverse pools). Then a within-user least-squares fit of hit on log rank,
 redundancy and history similarity at pool ranks 11-40 (each user's mean removed).
+
+Last, it asks whether a more accurate model would trade better: the pool's relevance is lifted by
+`--peeks` eps for every test item (reading the test split), which raises NDCG@10 a lot, and greedy
+MMR on that relevance is compared with the same lifted list without MMR.
 
 `--pipeline` re-ranks another pipeline's pools (`item_item`, `cf`): is the frontier a property of
 the hybrid, or of any model of these ratings?
@@ -267,7 +273,7 @@ def main() -> int:
     # pools: at least the K items listed; --pool one more, as the set search swaps in items from beyond the top K
     parser.add_argument("--pipeline", default="hybrid", help="the pipeline whose pools are re-ranked")
     parser.add_argument("--pool", type=int_at_least(K + 1), default=50)
-    parser.add_argument("--lambdas", type=unit_interval, nargs="*", default=[0.5, 0.3, 0.2])
+    parser.add_argument("--lambdas", type=unit_interval, nargs="*", default=[0.5, 0.3, 0.25, 0.2])
     parser.add_argument("--betas", type=non_negative_float, nargs="*", default=[3.0, 5.0, 8.0])
     parser.add_argument("--deep-pools", type=int_at_least(K), nargs="*", default=[100, 200], help="MMR over deeper pools")
     parser.add_argument("--alphas", type=non_negative_float, nargs="*", default=[1.0, 2.0], help="DPP quality sharpness")
@@ -275,6 +281,8 @@ def main() -> int:
                         help="weight of the history-coverage term in xQuAD")
     parser.add_argument("--history-gammas", type=non_negative_float, nargs="*", default=[0.1],
                         help="weight of history similarity added to MMR's relevance")
+    parser.add_argument("--peeks", type=non_negative_float, nargs="*", default=[0.1, 0.3],
+                        help="relevance lift of test items, for the more-accurate-model comparison")
     parser.add_argument("--rank-betas", type=non_negative_float, nargs="*", default=[1.2, 2.0],
                         help="diversity weight of the set search on P(hit | rank)")
     args = parser.parse_args()
@@ -367,6 +375,13 @@ def main() -> int:
         for lam in args.lambdas:
             rows.append((f"mmr lambda={lam} + {gamma} x history similarity",
                          measure(lists(lambda row, rel, sims: with_history(row, rel, sims, lam)))))
+    # for scale: the most diverse lists the pool allows, and lists of random catalogue items
+    for keep in sorted({keep_top, 0}, reverse=True):
+        rows.append((f"mmr lambda=0 (diversity only), keep_top {keep}",
+                     measure(lists(lambda row, rel, sims: greedy_mmr(rel, sims, 0.0, keep, k)))))
+    rng = np.random.default_rng(0)
+    rows.append(("10 random catalogue items",
+                 measure(np.stack([rng.choice(unit.shape[0], k, replace=False) for _ in users]))))
     hit_rate = rank_hit_rate(pools, relevant, args.pool)
     for beta in args.rank_betas:
         print(f"set search on P(hit | rank) beta={beta} ...", file=sys.stderr, flush=True)
@@ -391,6 +406,24 @@ def main() -> int:
     base_ndcg, base_ild = rows[0][1]
     print_hit_rates(pools, relevant, unit, args.pool)
     print_within_user_fit(pools, relevant, near, unit)
+    # would a more accurate model trade better? relevance lifted by eps for every test item in the
+    # pool (reads test): base and MMR both use it, so each eps is compared with its own no-MMR list
+    print("a more accurate model (relevance + eps for each test item, reads test); MMR against its own no-MMR list:")
+    for eps in args.peeks:
+        lifted = []
+        for items, score, truth in zip(pools, scores, relevant):
+            items, score = items[: args.pool], score[: args.pool]
+            relevance = (score - score.min()) / max(float(np.ptp(score)), 1e-12) + eps * np.isin(items, truth)
+            order = np.argsort(-relevance, kind="stable")  # min-max scaled again, as the MMR stage does
+            lifted.append((items[order], (relevance[order] - relevance.min()) / max(float(np.ptp(relevance)), 1e-12)))
+        found = []
+        for lam in [1.0, *args.lambdas]:
+            recs = np.stack([items[greedy_mmr(rel, unit[items] @ unit[items].T, lam, keep_top if lam < 1 else 0, k)]
+                             for items, rel in lifted])
+            found.append(measure(recs))
+        cells = "  ".join(f"lambda {lam}: {100 * (n / found[0][0] - 1):+.1f}% / {100 * (i / found[0][1] - 1):+.1f}%"
+                          for lam, (n, i) in zip(args.lambdas, found[1:]))
+        print(f"  eps {eps}: ndcg@10 {found[0][0]:.4f} ild@10 {found[0][1]:.3f}; {cells}")
     print(f"{'re-ranking':<66} {'ndcg@10':>8} {'change':>8} {'ild@10':>7} {'change':>8}")
     for name, (ndcg, ild) in rows:
         print(f"{name:<66} {ndcg:8.4f} {100 * (ndcg / base_ndcg - 1):+7.1f}% {ild:7.3f} {100 * (ild / base_ild - 1):+7.1f}%")

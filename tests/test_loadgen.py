@@ -215,6 +215,8 @@ def test_a_level_with_no_answer_has_no_cpu_per_request_and_is_named(serve_load) 
     ("train_scale.py", ["--hnsw", "1,40"], "--hnsw"),
     ("mmr_frontier.py", ["--lambdas", "0.5", "1.5"], "--lambdas"),
     ("mmr_frontier.py", ["--pool", "10"], "--pool"),
+    ("mmr_frontier.py", ["--peeks", "-0.1"], "--peeks"),
+    ("mmr_frontier.py", ["--history-gammas", "nan"], "--history-gammas"),
 ])
 def test_benchmarks_refuse_out_of_range_arguments(script: str, args: list[str], argument: str) -> None:
     # refused by the parser: before any data, model, server or load generator
@@ -223,3 +225,12 @@ def test_benchmarks_refuse_out_of_range_arguments(script: str, args: list[str], 
     assert done.returncode == 2, done.stderr
     assert done.stdout == ""
     assert done.stderr.strip().splitlines()[-1].startswith(f"{script}: error: argument {argument}: ")
+
+
+def test_mmr_frontier_names_the_pipelines_when_one_is_unknown() -> None:
+    # checked against the config before any data is read or model trained
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "mmr_frontier.py"), "--pipeline", "nope",
+                           "--data", "/nonexistent"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and done.stdout == ""
+    last = done.stderr.strip().splitlines()[-1]
+    assert "pipeline 'nope' is not in this config" in last and "hybrid_mmr" in last
