@@ -232,6 +232,8 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     print(f"chosen: collaborative.components {training['collaborative']['components']}, "
           f"item_item.ease_lambda {training['item_item']['ease_lambda']}, "
           + (f"events.transform {training['events']['transform']}, item_item.method {training['item_item']['method']}, "
+             f"content.dims {training['content']['dims']}, normalise {result['normalise'] or 'unchanged'}, "
+             f"mmr shape {result['mmr_shape'] or 'unchanged'}, "
              if result["structure"] else "") +
           f"events.weights {training['events']['weights']}, weights {result['weights']}, "
           f"mmr lambda {result['mmr_lambda']}")
@@ -383,8 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of each user's training items held out in a validation fold (default 0.1)")
     p.add_argument("--folds", type=positive_int, default=None, help="validation folds averaged per trial (default 4)")
     p.add_argument("--structure", action="store_true",
-                   help="also search the rating transform (none, log1p) and the dense item-item method (EASE, "
-                        "or DLAE with each dropout); otherwise the config's own are kept")
+                   help="also search the rating transform (none, log1p), the dense item-item method (EASE, "
+                        "or DLAE with each dropout), the content dimensions, the scorer's normalisation and the "
+                        "MMR stage's redundancy and keep_top; otherwise the config's own are kept")
     p.set_defaults(func=_cmd_tune)
 
     p = sub.add_parser("demo-data", help="write a synthetic learning-marketplace dataset")

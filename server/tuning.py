@@ -29,6 +29,11 @@ SEARCH_SESSION_WEIGHT = (1.0, 2.0, 3.0, 5.0)
 # `structure=True` also searches these, first: how ratings are damped, and which dense item-item
 # model (DLAE with each dropout, or EASE) the later coordinates refine
 SEARCH_TRANSFORMS = ("none", "log1p")
+# ... and, after the other coordinates of their kind: the content vectors' dimensions, the scorer's
+# normalisation (each with the whole blend grid) and the MMR stage's shape (redundancy, keep_top)
+SEARCH_CONTENT_DIMS = (16, 32, 64)
+SEARCH_NORMALISE = ("zscore", "minmax", "rank")
+SEARCH_MMR_SHAPES = tuple((redundancy, keep) for redundancy in ("mean", "max") for keep in (0, 2, 4, 6))
 # the scorer's popularity prior: (prior_weight, prior_items); (0, 8) is no prior
 SEARCH_PRIOR = ((0.0, 8.0), (0.2, 8.0), (0.2, 32.0), (0.4, 8.0), (0.4, 32.0), (0.6, 8.0), (0.6, 32.0), (0.8, 8.0),
                 (1.0, 4.0), (1.0, 8.0), (1.0, 16.0))
@@ -36,6 +41,7 @@ COLD_USERS = 0.2  # share of the training side's users held out to validate the 
 COLD_CONTEXT = 5  # their first items, given as context (as `evaluate`'s cold-start users run)
 MMR_LAMBDAS = (0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5, 0.4, 0.3, 0.25, 0.2, 0.15, 0.1)
 MMR_MAX_NDCG_LOSS = 0.04  # the most diverse lambda that keeps ndcg@10 within 4% of no MMR
+MMR_PATIENCE = 2  # the lambda sweep stops after this many lambdas in a row outside that bound
 MIN_GAIN = 0.0025  # a change must beat the incumbent by this relative margin: less is noise
 # Validation: FOLDS random holdouts of VALID_RATIO of each user's training items, averaged per trial.
 # A small holdout keeps each validation model close in size to the final one (90% of its rows):
@@ -71,8 +77,10 @@ def tune(data: str | Path, base_config: str | Path, out_path: str | Path, pipeli
          folds: int = FOLDS, structure: bool = False) -> dict[str, Any]:
     """Search, write the tuned config to `out_path`, and return what was chosen and measured.
 
-    With `structure`, the rating transform and the dense item-item method are searched too
-    (before the other coordinates); without it they stay as the config has them."""
+    With `structure`, these are searched too; without it they stay as the config has them:
+    the rating transform and the dense item-item method (before the other training
+    coordinates), the content dimensions (after them), the scorer's normalisation (each with
+    the blend grid) and the MMR stage's redundancy and keep_top (each with the lambda sweep)."""
     splits.check_ratio("valid_ratio", valid_ratio)
     if isinstance(folds, bool) or not isinstance(folds, int) or folds < 1:
         raise ValueError(f"folds must be an integer >= 1, got {folds!r}")
@@ -152,6 +160,9 @@ def tune(data: str | Path, base_config: str | Path, out_path: str | Path, pipeli
             ("item_item.session_weight", lambda c: list(SEARCH_SESSION_WEIGHT) if dense(c) else [],
              lambda c, v: setattr(c.item_item, "session_weight", v)),
         ]
+        if structure:
+            searches.append(("content.dims", lambda c: list(SEARCH_CONTENT_DIMS),
+                             lambda c, v: setattr(c.content, "dims", v)))
         for name, values_of, apply in searches:
             for value in values_of(config):
                 candidate = copy.deepcopy(config)
@@ -162,7 +173,7 @@ def tune(data: str | Path, base_config: str | Path, out_path: str | Path, pipeli
                 if score > best * (1 + MIN_GAIN):
                     best, config = score, candidate
         # blend weights need no retraining: one model, many scorers
-        weights, prior, chosen_lambda = None, None, None
+        weights, prior, chosen_lambda, mmr_shape = None, None, None, None
         with contextlib.ExitStack() as stack:
             services = [stack.enter_context(trained(sub, ~valid, items_csv, config, base_config, workdir,
                                                     f"tune-weights-{f}")) for f, valid in enumerate(valids)]
@@ -170,19 +181,37 @@ def tune(data: str | Path, base_config: str | Path, out_path: str | Path, pipeli
             pipes = [service.state.config.pipelines[pipeline] for service in services]
             sources = [s.name for s in pipes[0].sources if s.name != pipes[0].scorer.params.fallback]
             configured = dict(pipes[0].scorer.params.weights)
-            for grid_weights in weight_grid(sources):
-                scores = []
-                for service, pipe, (users, relevant) in zip(services, pipes, lists):
-                    pipe.scorer.params.weights = grid_weights
-                    recs = recommend_all(service, pipeline, users, 10)
-                    scores.append(metrics.ranking_metrics(recs, relevant, (10,))["ndcg@10"])
-                score = float(np.mean(scores))
-                trials.append({"trial": f"weights {grid_weights}", "ndcg@10": round(score, 5)})
-                if score > best * (1 + MIN_GAIN):
-                    best, weights = score, grid_weights
-            say(f"  best blend {weights or 'unchanged'}: validation ndcg@10 {best:.4f}")
+            configured_norm = getattr(pipes[0].scorer.params, "normalise", None)
+            normalisers = [configured_norm]
+            if structure and configured_norm is not None:
+                normalisers += [n for n in SEARCH_NORMALISE if n != configured_norm]
+            chosen_norm = configured_norm
+            for how in normalisers:  # the blend's weights mean something else under each normalisation
+                for pipe in pipes:
+                    if how is not None:
+                        pipe.scorer.params.normalise = how
+                grid_scores = []
+                for grid_weights in weight_grid(sources):
+                    scores = []
+                    for service, pipe, (users, relevant) in zip(services, pipes, lists):
+                        pipe.scorer.params.weights = grid_weights
+                        recs = recommend_all(service, pipeline, users, 10)
+                        scores.append(metrics.ranking_metrics(recs, relevant, (10,))["ndcg@10"])
+                    score = float(np.mean(scores))
+                    label = f"weights {grid_weights}" + (f", normalise {how}" if len(normalisers) > 1 else "")
+                    trials.append({"trial": label, "ndcg@10": round(score, 5)})
+                    if score > best * (1 + MIN_GAIN):
+                        best, weights, chosen_norm = score, grid_weights, how
+                    grid_scores.append(score)
+                if len(normalisers) > 1:
+                    say(f"  blend grid under normalise {how}: best validation ndcg@10 {max(grid_scores):.4f}")
+            normalise = chosen_norm if chosen_norm != configured_norm else None
+            say(f"  best blend {weights or 'unchanged'}"
+                + (f", normalise {chosen_norm}" if len(normalisers) > 1 else "") + f": validation ndcg@10 {best:.4f}")
             for pipe in pipes:  # the grid left its last blend in place
                 pipe.scorer.params.weights = weights or configured
+                if chosen_norm is not None:
+                    pipe.scorer.params.normalise = chosen_norm
             prior = None
             if hasattr(pipes[0].scorer.params, "prior_weight"):
                 # new users: held out of a model trained on the rest of the training side; their first
@@ -191,7 +220,10 @@ def tune(data: str | Path, base_config: str | Path, out_path: str | Path, pipeli
                                                             COLD_CONTEXT, seed + 100)
                 cold_service = stack.enter_context(trained(sub, ~(context | held_out), items_csv, config,
                                                            base_config, workdir, "tune-cold-users"))
-                cold_service.state.config.pipelines[pipeline].scorer.params.weights = weights or configured
+                cold_params = cold_service.state.config.pipelines[pipeline].scorer.params
+                cold_params.weights = weights or configured
+                if chosen_norm is not None:
+                    cold_params.normalise = chosen_norm
                 cold = (cold_service, *cold_start_requests(cold_service, sub, context, held_out))
                 say(f"  cold-start validation: {len(cold[1])} users held out of training, "
                     f"{COLD_CONTEXT} context items each")
@@ -202,14 +234,17 @@ def tune(data: str | Path, base_config: str | Path, out_path: str | Path, pipeli
             mmr_pipeline = mmr_pipeline or next(
                 (p for p, obj in services[0].state.config.pipelines.items() if mmr_stage(obj) is not None), None)
             if mmr_pipeline:
-                chosen_lambda = _tune_mmr(services, mmr_pipeline, weights, lists, trials, say, prior)
-    tuned = apply_tuned(raw, config, pipeline, mmr_pipeline, weights, chosen_lambda, prior)
+                chosen_lambda, mmr_shape = _tune_mmr(services, mmr_pipeline, weights, lists, trials, say, prior,
+                                                     normalise, SEARCH_MMR_SHAPES if structure else ())
+    tuned = apply_tuned(raw, config, pipeline, mmr_pipeline, weights, chosen_lambda, prior, normalise, mmr_shape)
     header = (f"# Tuned by `hybridrec tune` from {base_config.name} on {Path(data).name}: validation "
               f"ndcg@10 {best:.4f} ({len(trials)} trials; {folds} folds of {valid_ratio:g} of each user's "
               f"training items, seed {seed}).\n")
     Path(out_path).write_text(header + yaml.safe_dump(tuned, sort_keys=False, default_flow_style=None, width=110))
     return {"validation_ndcg@10": best, "training": config.to_dict(), "weights": weights,
-            "prior": prior, "mmr_lambda": chosen_lambda, "trials": trials, "folds": folds, "valid_ratio": valid_ratio,
+            "prior": prior, "normalise": normalise, "mmr_lambda": chosen_lambda,
+            "mmr_shape": None if mmr_shape is None else {"redundancy": mmr_shape[0], "keep_top": mmr_shape[1]},
+            "trials": trials, "folds": folds, "valid_ratio": valid_ratio,
             "validation_rows": [int(valid.sum()) for valid in valids], "structure": structure,
             "seconds": round(time.perf_counter() - started, 1)}
 
@@ -259,10 +294,13 @@ def _tune_prior(services, pipes, lists, pipeline: str, trials: list, say, cold) 
     return chosen
 
 
-def _tune_mmr(services, name: str, weights, lists, trials: list, say,
-              prior: tuple[float, float] | None = None) -> float | None:
+def _tune_mmr(services, name: str, weights, lists, trials: list, say, prior: tuple[float, float] | None = None,
+              normalise: str | None = None, shapes: Sequence[tuple[str, int]] = ()
+              ) -> tuple[float | None, tuple[str, int] | None]:
     """The most diverse MMR lambda whose ndcg@10, averaged over the folds, stays within
-    MMR_MAX_NDCG_LOSS of the same pipeline without MMR (lambda 1)."""
+    MMR_MAX_NDCG_LOSS of the same pipeline without MMR (lambda 1), and the stage's shape
+    (redundancy, keep_top) when `shapes` are searched: the shape whose chosen lambda gives the
+    most ILD@10, kept as configured unless another beats it by MIN_GAIN (None: unchanged)."""
     stages = []
     for service in services:
         pipe = service.state.config.pipelines[name]
@@ -270,7 +308,10 @@ def _tune_mmr(services, name: str, weights, lists, trials: list, say,
             pipe.scorer.params.weights = weights
         if prior is not None and hasattr(pipe.scorer.params, "prior_weight"):
             pipe.scorer.params.prior_weight, pipe.scorer.params.prior_items = prior
+        if normalise is not None:
+            pipe.scorer.params.normalise = normalise
         stages.append(mmr_stage(pipe))
+    own = (stages[0].params.redundancy, stages[0].params.keep_top)
 
     def run(lam: float) -> tuple[float, float]:
         ndcg, ild = [], []
@@ -281,19 +322,36 @@ def _tune_mmr(services, name: str, weights, lists, trials: list, say,
             ild.append(metrics.intra_list_diversity(recs, service.state.model.item_content, 10))
         return float(np.mean(ndcg)), float(np.mean(ild))
 
-    base = run(1.0)[0]
-    chosen = 1.0
-    for lam in MMR_LAMBDAS:
-        ndcg, ild = run(lam)
-        trials.append({"trial": f"mmr lambda {lam}", "ndcg@10": round(ndcg, 5), "ild@10": round(ild, 5)})
-        if ndcg >= (1 - MMR_MAX_NDCG_LOSS) * base:
-            chosen = lam
-    say(f"  MMR lambda {chosen}: the most diverse within {MMR_MAX_NDCG_LOSS:.0%} of no-MMR ndcg@10")
-    return chosen
+    base = run(1.0)[0]  # lambda 1 is relevance order whatever the shape
+    found = []  # (shape, chosen lambda, its ILD@10)
+    for shape in [own] + [s for s in shapes if s != own]:
+        for stage in stages:
+            stage.params.redundancy, stage.params.keep_top = shape
+        chosen, chosen_ild, misses = 1.0, 0.0, 0
+        for lam in MMR_LAMBDAS:
+            ndcg, ild = run(lam)
+            label = f"mmr {shape[0]} keep_top {shape[1]} lambda {lam}" if shapes else f"mmr lambda {lam}"
+            trials.append({"trial": label, "ndcg@10": round(ndcg, 5), "ild@10": round(ild, 5)})
+            if ndcg >= (1 - MMR_MAX_NDCG_LOSS) * base:
+                chosen, chosen_ild, misses = lam, ild, 0
+            else:
+                misses += 1
+                if misses >= MMR_PATIENCE:
+                    break
+        found.append((shape, chosen, chosen_ild))
+        if shapes:
+            say(f"  MMR {shape[0]} keep_top {shape[1]}: lambda {chosen}, validation ild@10 {chosen_ild:.4f}")
+    pick = max(found, key=lambda row: row[2])
+    if pick[2] <= found[0][2] * (1 + MIN_GAIN):
+        pick = found[0]
+    say(f"  MMR lambda {pick[1]}" + (f", {pick[0][0]} redundancy, keep_top {pick[0][1]}" if shapes else "")
+        + f": the most diverse within {MMR_MAX_NDCG_LOSS:.0%} of no-MMR ndcg@10")
+    return pick[1], (None if pick[0] == own else pick[0])
 
 
 def apply_tuned(raw: dict, config: TrainingConfig, pipeline: str, mmr_pipeline: str | None,
-           weights: dict | None, lam: float | None, prior: tuple[float, float] | None = None) -> dict:
+                weights: dict | None, lam: float | None, prior: tuple[float, float] | None = None,
+                normalise: str | None = None, mmr_shape: tuple[str, int] | None = None) -> dict:
     tuned = copy.deepcopy(raw)
     tuned["training"] = config.to_dict()
     for name in {pipeline, mmr_pipeline} - {None}:
@@ -305,7 +363,12 @@ def apply_tuned(raw: dict, config: TrainingConfig, pipeline: str, mmr_pipeline: 
             scorer.setdefault("params", {})["weights"] = dict(weights)
         if prior is not None and isinstance(scorer, dict):
             scorer.setdefault("params", {}).update(prior_weight=prior[0], prior_items=prior[1])
+        if normalise is not None and isinstance(scorer, dict):
+            scorer.setdefault("params", {})["normalise"] = normalise
         for entry in spec.get("rerankers") or []:
-            if lam is not None and isinstance(entry, dict) and entry.get("plugin") == "mmr":
-                entry.setdefault("params", {})["lambda_weight"] = lam
+            if isinstance(entry, dict) and entry.get("plugin") == "mmr":
+                if lam is not None:
+                    entry.setdefault("params", {})["lambda_weight"] = lam
+                if mmr_shape is not None:
+                    entry.setdefault("params", {}).update(redundancy=mmr_shape[0], keep_top=mmr_shape[1])
     return tuned

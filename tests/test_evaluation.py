@@ -14,7 +14,8 @@ from hybridrec.server.errors import ConfigError, DataError
 from hybridrec.server.evaluation import evaluate
 from hybridrec.server.pipeline import Pipeline, load_serving_config
 from hybridrec.server.plugin_manager import Plugins
-from hybridrec.server.tuning import MIN_GAIN, SEARCH_DLAE_DROPOUT, SEARCH_PRIOR, apply_tuned, tune, weight_grid
+from hybridrec.server.tuning import (MIN_GAIN, SEARCH_CONTENT_DIMS, SEARCH_DLAE_DROPOUT, SEARCH_MMR_SHAPES,
+                                     SEARCH_NORMALISE, SEARCH_PRIOR, apply_tuned, tune, weight_grid)
 
 from .conftest import DEFAULT_CONFIG, REPO, shared_dataset
 
@@ -167,6 +168,22 @@ def test_tune_with_structure_searches_the_transform_and_the_item_item_method(dem
     tuned = load_training_config(out)
     assert tuned.events.transform in ("none", "log1p") and tuned.item_item.method in ("auto", "ease", "dlae")
     assert f"events.transform {tuned.events.transform}, item_item.method {tuned.item_item.method}" in printed
+    # content dimensions: every other searched size, after the item-item coordinates
+    dims = [t for t in trials if t.startswith("content.dims = ")]
+    assert {int(t.split("= ")[1]) for t in dims} >= set(SEARCH_CONTENT_DIMS) - {base.content.dims}
+    assert trials.index(dims[0]) > trials.index(next(t for t in trials if t.startswith("item_item.session_weight")))
+    assert tuned.content.dims in SEARCH_CONTENT_DIMS + (base.content.dims,)
+    # the blend grid under each normalisation, and every MMR shape's lambda sweep
+    lines = [line.strip() for line in captured.err.splitlines()]
+    assert [h for h in SEARCH_NORMALISE if any(line.startswith(f"blend grid under normalise {h}:") for line in lines)] \
+        == list(SEARCH_NORMALISE)
+    swept = {line.split(":")[0] for line in lines if line.startswith(("MMR mean ", "MMR max "))}
+    assert swept == {f"MMR {r} keep_top {k}" for r, k in SEARCH_MMR_SHAPES}
+    serving = load_serving_config(out, Plugins())
+    assert serving.pipelines["hybrid_no_mmr"].scorer.params.normalise in SEARCH_NORMALISE
+    mmr = serving.pipelines["hybrid"].rerankers[0].params
+    assert f"mmr lambda {mmr.lambda_weight}" in printed
+    assert (mmr.redundancy, mmr.keep_top) in SEARCH_MMR_SHAPES
 
 
 def test_tune_refuses_a_bad_validation_split_before_reading_data(tmp_path: Path, capsys) -> None:
