@@ -14,8 +14,9 @@ from hybridrec.server.errors import ConfigError, DataError
 from hybridrec.server.evaluation import evaluate
 from hybridrec.server.pipeline import Pipeline, load_serving_config
 from hybridrec.server.plugin_manager import Plugins
-from hybridrec.server.tuning import (MIN_GAIN, SEARCH_CONTENT_DIMS, SEARCH_DLAE_DROPOUT, SEARCH_MMR_SHAPES,
-                                     SEARCH_NORMALISE, SEARCH_PRIOR, apply_tuned, tune, weight_grid)
+from hybridrec.server.tuning import (MIN_GAIN, MMR_LAMBDAS, MMR_PATIENCE, SEARCH_CONTENT_DIMS, SEARCH_DLAE_DROPOUT,
+                                     SEARCH_MMR_SHAPES, SEARCH_NORMALISE, SEARCH_PRIOR, apply_tuned, tune,
+                                     weight_grid)
 
 from .conftest import DEFAULT_CONFIG, REPO, shared_dataset
 
@@ -143,6 +144,11 @@ def test_tune_writes_a_config_train_and_serve_accept(demo_dir: Path, tmp_path: P
     assert config.collaborative.components == result["training"]["collaborative"]["components"]
     raw = yaml.safe_load(out.read_text())
     assert raw["pipelines"]["hybrid"]["rerankers"][0]["params"]["lambda_weight"] == result["mmr_lambda"]
+    # the lambda sweep runs in order and stops MMR_PATIENCE lambdas after the last one within the bound
+    swept = [float(t["trial"].split()[-1]) for t in result["trials"] if t["trial"].startswith("mmr lambda")]
+    assert swept == list(MMR_LAMBDAS[:len(swept)])
+    after = len(swept) - 1 - (swept.index(result["mmr_lambda"]) if result["mmr_lambda"] != 1.0 else -1)
+    assert after == MMR_PATIENCE or (len(swept) == len(MMR_LAMBDAS) and after < MMR_PATIENCE)
     assert any(t["trial"].startswith("prior ") for t in result["trials"])
     if result["prior"]:
         scorer = serving.pipelines["hybrid_no_mmr"].scorer.params
