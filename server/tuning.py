@@ -163,12 +163,16 @@ def tune(data: str | Path, base_config: str | Path, out_path: str | Path, pipeli
         if structure:
             searches.append(("content.dims", lambda c: list(SEARCH_CONTENT_DIMS),
                              lambda c, v: setattr(c.content, "dims", v)))
+        # training is seeded, so a config measured once (e.g. a coordinate's old value, after another
+        # value replaced it) would score the same again and could not beat the best it already lost to
+        measured = [copy.deepcopy(config)]
         for name, values_of, apply in searches:
             for value in values_of(config):
                 candidate = copy.deepcopy(config)
                 apply(candidate, value)
-                if candidate == config:
+                if candidate in measured:
                     continue
+                measured.append(candidate)
                 score = measure(candidate, None, f"{name} = {value}")
                 if score > best * (1 + MIN_GAIN):
                     best, config = score, candidate

@@ -167,6 +167,11 @@ def test_tune_with_structure_searches_the_transform_and_the_item_item_method(dem
     trials = [line.split("validation ndcg@10")[0].strip() for line in captured.err.splitlines() if " = " in line]
     base = load_training_config(DEFAULT_CONFIG)
     assert f"events.transform = {({'none', 'log1p'} - {base.events.transform}).pop()}" in trials
+    # a config already measured is not trained again: each coordinate starts from a measured config,
+    # so its own starting value never shows up as a trial, even after another value replaced it
+    assert f"events.transform = {base.events.transform}" not in trials
+    assert f"collaborative.components = {base.collaborative.components}" not in trials
+    assert len(trials) == len(set(trials))
     methods = [t for t in trials if t.startswith("item_item.method, dlae_dropout = ")]
     # the demo catalogue is small enough for the dense models: EASE and DLAE at every searched dropout
     assert len(methods) == 1 + len(SEARCH_DLAE_DROPOUT)
