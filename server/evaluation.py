@@ -70,8 +70,10 @@ def prepare_dataset(src: str | Path, workdir: Path) -> tuple[str, Path, Path]:
     src = Path(src)
     if (src / "events.csv").is_file() and (src / "items.csv").is_file():
         return src.name, src / "events.csv", src / "items.csv"
-    if not src.is_dir():
+    if not src.exists():
         raise DataError(f"dataset {src} does not exist")
+    if not src.is_dir():
+        raise DataError(f"dataset {src} is a file; give the folder that holds the dataset's files")
     try:
         paths = convert(src, workdir / "data")
     except ValueError as exc:

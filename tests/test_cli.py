@@ -26,9 +26,13 @@ def test_train_then_info(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
 @pytest.mark.parametrize("argv,expected", [
     (["train", "--events", "missing.csv", "--items", "x.csv", "--out", "m"], "events file missing.csv"),
     (["serve", "--model", "no-model-here"], "does not exist"),
+    (["evaluate", "--data", "no-dataset-here", "--out", "r"], "dataset no-dataset-here does not exist"),
+    (["evaluate", "--data", "m.csv", "--out", "r"], "dataset m.csv is a file"),
+    (["tune", "--data", "no-dataset-here", "--out", "t.yaml"], "dataset no-dataset-here does not exist"),
 ])
 def test_errors_exit_nonzero_with_one_line(argv, expected, tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "m.csv").write_text("user_id,item_id\n")
     assert main(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and expected in err[0] and err[0].startswith(f"hybridrec {argv[0]}: error:")
