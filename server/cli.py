@@ -198,9 +198,10 @@ def _quiet_training(args: argparse.Namespace) -> None:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate
-    from .reports import write_reports
+    from .reports import prepare_output, write_reports
 
     _quiet_training(args)
+    prepare_output(args.out, "--out", folder=True)
     report = evaluate(args.data, args.config, split=args.split, test_ratio=args.test_ratio, seed=args.seed,
                       ks=args.k, pipelines=args.pipelines, cold_start=not args.no_cold_start, progress=_progress)
     paths = write_reports(args.out, report)
@@ -219,9 +220,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
+    from .reports import prepare_output
     from .tuning import tune
 
     _quiet_training(args)
+    prepare_output(args.out, "--out", folder=False)  # tune checks it too, but names its own argument
     chosen = {name: value for name, value in (("valid_ratio", args.valid_ratio), ("folds", args.folds))
               if value is not None}  # else tune's defaults
     result = tune(args.data, args.config, args.out, pipeline=args.pipeline, seed=args.seed, progress=_progress,

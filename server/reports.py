@@ -7,8 +7,11 @@ from __future__ import annotations
 import json
 import math
 import numbers
+import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
+
+from .errors import DataError
 
 ACCURACY = ("precision", "recall", "ndcg", "map", "hitrate", "mrr")
 BEYOND_ACCURACY = ("coverage", "ild", "novelty", "popularity_bias")
@@ -17,6 +20,28 @@ CHART_METRICS = ("precision", "recall", "ndcg", "map")
 MAIN_K = 10
 DPI = 120
 MISSING = "–"
+
+
+def prepare_output(path: str | Path, what: str, folder: bool) -> Path:
+    """Make sure a run can write its output before it starts, not after minutes of work.
+
+    `folder`: `path` is a folder to write into (created); else a file whose folder is
+    created. `what` names the option in the error (e.g. `--out`)."""
+    path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        raise DataError(f"{what} {path} is a file; give a folder for the reports")
+    if not folder and path.is_dir():
+        raise DataError(f"{what} {path} is a folder; give the path of the file to write")
+    target = path if folder else path.parent
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"{what} {path}: cannot create the folder {target}: {exc.strerror}") from None
+    if not os.access(target, os.W_OK | os.X_OK):
+        raise DataError(f"{what} {path}: the folder {target} is not writable")
+    if not folder and path.exists() and not os.access(path, os.W_OK):
+        raise DataError(f"{what} {path}: the file is not writable")
+    return path
 
 
 def write_reports(out_dir: str | Path, report: dict) -> dict[str, Path]:

@@ -18,6 +18,7 @@ from .config import build_dataclass, load_yaml, TrainingConfig
 from .errors import DataError
 from .evaluation import (EventTable, check_pipelines, cold_start_requests, mmr_stage, prepare_dataset, recommend_all,
                          relevant_indices, trained)
+from .reports import prepare_output
 
 log = logging.getLogger("hybridrec")
 
@@ -90,6 +91,7 @@ def tune(data: str | Path, base_config: str | Path, out_path: str | Path, pipeli
     raw = load_yaml(base_config)
     config = build_dataclass(TrainingConfig, raw.get("training"), f"{base_config}: training")
     check_pipelines(base_config, [pipeline] + ([mmr_pipeline] if mmr_pipeline else []))  # before any training
+    prepare_output(out_path, "out_path", folder=False)
     trials: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="hybridrec-tune-") as tmp:
         workdir = Path(tmp)

@@ -29,10 +29,16 @@ def test_train_then_info(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     (["evaluate", "--data", "no-dataset-here", "--out", "r"], "dataset no-dataset-here does not exist"),
     (["evaluate", "--data", "m.csv", "--out", "r"], "dataset m.csv is a file"),
     (["tune", "--data", "no-dataset-here", "--out", "t.yaml"], "dataset no-dataset-here does not exist"),
+    # the output is checked before any work: these datasets do not even exist
+    (["evaluate", "--data", "no-dataset-here", "--out", "m.csv"], "--out m.csv is a file"),
+    (["evaluate", "--data", "no-dataset-here", "--out", "m.csv/r"], "--out m.csv/r: cannot create the folder m.csv"),
+    (["tune", "--data", "no-dataset-here", "--out", "d"], "--out d is a folder"),
+    (["tune", "--data", "no-dataset-here", "--out", "m.csv/t.yaml"], "--out m.csv/t.yaml: cannot create the folder"),
 ])
 def test_errors_exit_nonzero_with_one_line(argv, expected, tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "m.csv").write_text("user_id,item_id\n")
+    (tmp_path / "d").mkdir()
     assert main(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and expected in err[0] and err[0].startswith(f"hybridrec {argv[0]}: error:")

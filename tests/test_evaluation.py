@@ -210,6 +210,17 @@ def test_tune_refuses_a_bad_validation_split_before_reading_data(tmp_path: Path,
     assert not (tmp_path / "t.yaml").exists()
 
 
+def test_tune_refuses_an_output_it_could_not_write_before_reading_data(tmp_path: Path) -> None:
+    # tune's run takes minutes to an hour: a bad out_path must not wait for its end
+    (tmp_path / "a-file").write_text("")
+    for out, message in ((tmp_path, "is a folder"), (tmp_path / "a-file" / "t.yaml", "cannot create the folder")):
+        with pytest.raises(DataError, match=f"out_path .*{message}"):
+            tune(tmp_path / "absent", DEFAULT_CONFIG, out)
+    with pytest.raises(DataError, match="absent does not exist"):  # a good out_path: on to the data
+        tune(tmp_path / "absent", DEFAULT_CONFIG, tmp_path / "new" / "t.yaml")
+    assert (tmp_path / "new").is_dir()
+
+
 def test_the_movielens_config_is_the_untuned_one_with_only_the_searched_values_changed() -> None:
     # the README says movielens-100k.yaml is `tune`'s output from the untuned config: the two may
     # differ only where `tune` writes (searched training fields, blend, prior and MMR lambda)
