@@ -225,10 +225,13 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
     _quiet_training(args)
     prepare_output(args.out, "--out", folder=False)  # tune checks it too, but names its own argument
+    journal = None if args.no_journal else args.journal or args.out.with_name(args.out.name + ".trials.jsonl")
+    if journal is not None:
+        prepare_output(journal, "--journal", folder=False)
     chosen = {name: value for name, value in (("valid_ratio", args.valid_ratio), ("folds", args.folds))
               if value is not None}  # else tune's defaults
     result = tune(args.data, args.config, args.out, pipeline=args.pipeline, seed=args.seed, progress=_progress,
-                  structure=args.structure, **chosen)
+                  structure=args.structure, journal=journal, **chosen)
     print(f"validation ndcg@10 {result['validation_ndcg@10']:.4f} after {len(result['trials'])} trials "
           f"in {result['seconds']} s")
     training = result["training"]
@@ -241,6 +244,9 @@ def _cmd_tune(args: argparse.Namespace) -> int:
           f"events.weights {training['events']['weights']}, weights {result['weights']}, "
           f"mmr lambda {result['mmr_lambda']}")
     print(f"wrote {args.out}")
+    if journal is not None:
+        reused = sum(bool(t.get("journal")) for t in result["trials"])
+        print(f"journal {journal}" + (f": {reused} training trials read from it, not trained again" if reused else ""))
     return 0
 
 
@@ -391,6 +397,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also search the rating transform (none, log1p), the dense item-item method (EASE, "
                         "or DLAE with each dropout), the content dimensions, the scorer's normalisation and the "
                         "MMR stage's redundancy and keep_top; otherwise the config's own are kept")
+    journal = p.add_mutually_exclusive_group()
+    journal.add_argument("--journal", type=Path, default=None,
+                         help="file of the training trials' scores, appended as they are measured; the same "
+                              "command run again skips the trials on record, so an interrupted run resumes "
+                              "(default: OUT.trials.jsonl)")
+    journal.add_argument("--no-journal", action="store_true", help="keep no journal")
     p.set_defaults(func=_cmd_tune)
 
     p = sub.add_parser("demo-data", help="write a synthetic learning-marketplace dataset")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
+import json
 import logging
 import tempfile
 import time
@@ -72,11 +74,76 @@ def event_weight_variants(weights: dict[str, float], present: set[str]) -> list[
     return variants
 
 
+class Journal:
+    """Training trials' scores, appended to a JSON-lines file as they are measured, so that an
+    interrupted `tune` started again with the same journal skips what it already trained.
+
+    A trial's key hashes everything its score depends on: the training config, the dataset's
+    files, the base config file, the protocol and validation settings, and hybridrec's own
+    source code and library versions. A journal from other data, settings or code simply
+    holds no matching keys. A line cut short by the interruption is ignored."""
+
+    def __init__(self, path: Path | None, context: dict[str, Any]) -> None:
+        self.path = path
+        self.context = json.dumps(context, sort_keys=True, default=str)
+        self.scores: dict[str, float] = {}
+        if path is not None and path.exists():
+            text = path.read_text(encoding="utf-8")
+            if text and not text.endswith("\n"):  # a line cut short: the next one starts afresh
+                with path.open("a", encoding="utf-8") as handle:
+                    handle.write("\n")
+            for line in text.splitlines():
+                try:
+                    entry = json.loads(line)
+                    self.scores[entry["key"]] = float(entry["ndcg@10"])
+                except (ValueError, KeyError, TypeError):
+                    continue
+
+    def key(self, cfg: TrainingConfig) -> str:
+        text = self.context + json.dumps(cfg.to_dict(), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def get(self, cfg: TrainingConfig) -> float | None:
+        return self.scores.get(self.key(cfg))
+
+    def add(self, cfg: TrainingConfig, label: str, ndcg: float) -> None:
+        key = self.key(cfg)
+        self.scores[key] = ndcg
+        if self.path is not None:
+            with self.path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps({"key": key, "trial": label, "ndcg@10": ndcg}) + "\n")
+
+
+def _digest(paths: Sequence[Path]) -> str:
+    h = hashlib.sha256()
+    for path in paths:
+        h.update(str(path.name).encode())
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def _code_digest() -> str:
+    """hybridrec's source (server and plugins) and the versions of the libraries that score."""
+    import faiss
+    import scipy
+    import sklearn
+    root = Path(__file__).resolve().parent
+    files = sorted(root.glob("*.py")) + sorted((root.parent / "plugins").glob("*.py"))
+    return f"{_digest(files)} numpy {np.__version__} scipy {scipy.__version__} " \
+           f"sklearn {sklearn.__version__} faiss {faiss.__version__}"
+
+
 def tune(data: str | Path, base_config: str | Path, out_path: str | Path, pipeline: str = "hybrid",
          mmr_pipeline: str | None = None, test_ratio: float = 0.25, seed: int = 42,
          progress: Callable[[str], None] | None = None, valid_ratio: float = VALID_RATIO,
-         folds: int = FOLDS, structure: bool = False) -> dict[str, Any]:
+         folds: int = FOLDS, structure: bool = False, journal: str | Path | None = None) -> dict[str, Any]:
     """Search, write the tuned config to `out_path`, and return what was chosen and measured.
+
+    `journal`: a JSON-lines file of the training trials' scores (see `Journal`). Trials found in
+    it are not trained again, so a run cut short resumes where it stopped; the blend, prior
+    and MMR steps, which need no new training configs, always run.
 
     With `structure`, these are searched too; without it they stay as the config has them:
     the rating transform and the dense item-item method (before the other training
@@ -92,6 +159,8 @@ def tune(data: str | Path, base_config: str | Path, out_path: str | Path, pipeli
     config = build_dataclass(TrainingConfig, raw.get("training"), f"{base_config}: training")
     check_pipelines(base_config, [pipeline] + ([mmr_pipeline] if mmr_pipeline else []))  # before any training
     prepare_output(out_path, "out_path", folder=False)
+    if journal is not None:
+        prepare_output(journal, "journal", folder=False)
     trials: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="hybridrec-tune-") as tmp:
         workdir = Path(tmp)
@@ -106,25 +175,38 @@ def tune(data: str | Path, base_config: str | Path, out_path: str | Path, pipeli
         helds = [splits.held_out_items(sub.users, sub.items, valid) for valid in valids]
         say(f"validation: {folds} folds of {int(valids[0].sum())} rows carved from the {len(sub.rows)} training rows "
             f"(the protocol's {int(protocol_test.sum())} test rows are not used)")
+        journal_path = None if journal is None else Path(journal)
+        book = Journal(journal_path, {
+            "data": _digest([events_csv, items_csv]), "config": _digest([base_config]), "pipeline": pipeline,
+            "test_ratio": test_ratio, "seed": seed, "valid_ratio": valid_ratio, "folds": folds,
+            "code": _code_digest()})
+        if journal_path is not None:
+            found = len(book.scores)
+            say(f"journal {journal_path}: " + (f"{found} trials on record (those of this run are not trained again)"
+                                               if found else "new"))
 
-        def measure(cfg: TrainingConfig, weights: dict[str, float] | None, label: str) -> float:
+        def measure(cfg: TrainingConfig, label: str) -> float:
+            recorded = book.get(cfg)
+            if recorded is not None:
+                trials.append({"trial": label, "ndcg@10": round(recorded, 5), "journal": True})
+                say(f"  {label:<48} validation ndcg@10 {recorded:.4f} (journal)")
+                return recorded
             scores = []
             for fold, (valid, held) in enumerate(zip(valids, helds)):
                 with trained(sub, ~valid, items_csv, cfg, base_config, workdir, f"tune-{fold}") as service:
                     pipe = service.state.config.pipelines.get(pipeline)
                     if pipe is None:
                         raise DataError(f"pipeline {pipeline!r} is not in {base_config}")
-                    if weights is not None:
-                        pipe.scorer.params.weights = weights
                     users, relevant = relevant_indices(service, held)
                     recs = recommend_all(service, pipeline, users, 10)
                     scores.append(metrics.ranking_metrics(recs, relevant, (10,))["ndcg@10"])
             ndcg = float(np.mean(scores))
+            book.add(cfg, label, ndcg)
             trials.append({"trial": label, "ndcg@10": round(ndcg, 5)})
             say(f"  {label:<48} validation ndcg@10 {ndcg:.4f}")
             return ndcg
 
-        best = measure(config, None, "base config")
+        best = measure(config, "base config")
         present_types = set(np.unique([r.get("event_type", "") for r in sub.rows]).tolist())
 
         def dense(c: TrainingConfig) -> bool:
@@ -175,7 +257,7 @@ def tune(data: str | Path, base_config: str | Path, out_path: str | Path, pipeli
                 if candidate in measured:
                     continue
                 measured.append(candidate)
-                score = measure(candidate, None, f"{name} = {value}")
+                score = measure(candidate, f"{name} = {value}")
                 if score > best * (1 + MIN_GAIN):
                     best, config = score, candidate
         # blend weights need no retraining: one model, many scorers

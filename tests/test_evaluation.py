@@ -14,7 +14,7 @@ from hybridrec.server.errors import ConfigError, DataError
 from hybridrec.server.evaluation import evaluate
 from hybridrec.server.pipeline import Pipeline, load_serving_config
 from hybridrec.server.plugin_manager import Plugins
-from hybridrec.server.tuning import (MIN_GAIN, MMR_LAMBDAS, MMR_PATIENCE, SEARCH_CONTENT_DIMS, SEARCH_DLAE_DROPOUT,
+from hybridrec.server.tuning import (Journal, MIN_GAIN, MMR_LAMBDAS, MMR_PATIENCE, SEARCH_CONTENT_DIMS, SEARCH_DLAE_DROPOUT,
                                      SEARCH_MMR_SHAPES, SEARCH_NORMALISE, SEARCH_PRIOR, apply_tuned, tune,
                                      weight_grid)
 
@@ -123,8 +123,31 @@ def test_weight_grid() -> None:
 
 
 def test_tune_writes_a_config_train_and_serve_accept(demo_dir: Path, tmp_path: Path) -> None:
-    out = tmp_path / "tuned.yaml"
-    result = tune(demo_dir, DEFAULT_CONFIG, out, pipeline="hybrid_no_mmr", folds=2, valid_ratio=0.2)
+    out, journal = tmp_path / "tuned.yaml", tmp_path / "trials.jsonl"
+    # a first run is interrupted after its third training trial ...
+    printed: list[str] = []
+
+    def interrupt_after_three(message: str) -> None:
+        printed.append(message)
+        if sum("validation ndcg@10" in m for m in printed) == 3:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        tune(demo_dir, DEFAULT_CONFIG, out, pipeline="hybrid_no_mmr", folds=2, valid_ratio=0.2,
+             progress=interrupt_after_three, journal=journal)
+    assert not out.exists() and len(journal.read_text().splitlines()) == 3
+    with journal.open("a") as handle:
+        handle.write('{"key": "cut sh')  # the interruption may leave half a line
+    # ... and the same call again resumes it: those three are read, not trained again
+    result = tune(demo_dir, DEFAULT_CONFIG, out, pipeline="hybrid_no_mmr", folds=2, valid_ratio=0.2,
+                  journal=journal)
+    interrupted = [(m.split("validation ndcg@10")[0].strip(), float(m.split()[-1])) for m in printed
+                   if "validation ndcg@10" in m]
+    assert [t["trial"] for t in result["trials"][:3]] == [label for label, _ in interrupted]
+    assert all(abs(t["ndcg@10"] - score) <= 6e-5 for t, (_, score) in zip(result["trials"], interrupted))
+    assert all(t.get("journal") for t in result["trials"][:3])
+    assert not any(t.get("journal") for t in result["trials"][3:])
+    training_trials = [t for t in result["trials"] if t["trial"] == "base config" or " = " in t["trial"]]
+    assert len(journal.read_text().splitlines()) == 1 + len(training_trials)  # with the half line
     assert result["trials"] and result["validation_ndcg@10"] > 0
     assert result["folds"] == 2 and len(result["validation_rows"]) == 2
     assert "2 folds of 0.2 of each user's training items" in out.read_text().splitlines()[0]
@@ -172,6 +195,8 @@ def test_tune_with_structure_searches_the_transform_and_the_item_item_method(dem
     assert f"events.transform = {base.events.transform}" not in trials
     assert f"collaborative.components = {base.collaborative.components}" not in trials
     assert len(trials) == len(set(trials))
+    journal = tmp_path / "tuned.yaml.trials.jsonl"  # the CLI keeps one by default: every training trial
+    assert len(journal.read_text().splitlines()) == 1 + len(trials) and f"journal {journal}" in printed
     methods = [t for t in trials if t.startswith("item_item.method, dlae_dropout = ")]
     # the demo catalogue is small enough for the dense models: EASE and DLAE at every searched dropout
     assert len(methods) == 1 + len(SEARCH_DLAE_DROPOUT)
@@ -208,6 +233,18 @@ def test_tune_refuses_a_bad_validation_split_before_reading_data(tmp_path: Path,
         assert exit_info.value.code == 2
         assert f"argument {flag}" in capsys.readouterr().err
     assert not (tmp_path / "t.yaml").exists()
+
+
+def test_a_tune_journal_key_changes_with_anything_a_score_depends_on() -> None:
+    config = load_training_config(DEFAULT_CONFIG)
+    other = load_training_config(DEFAULT_CONFIG)
+    other.collaborative.components += 1
+    context = {"data": "d", "config": "c", "seed": 42, "code": "x"}
+    key = Journal(None, context).key(config)
+    assert key == Journal(None, dict(context)).key(load_training_config(DEFAULT_CONFIG))
+    assert key != Journal(None, context).key(other)
+    for field in context:
+        assert key != Journal(None, {**context, field: "changed"}).key(config), field
 
 
 def test_tune_refuses_an_output_it_could_not_write_before_reading_data(tmp_path: Path) -> None:
