@@ -114,6 +114,34 @@ def recommend_all(service: RecommenderService, pipeline: str, users: Sequence[st
     return recs
 
 
+class Gathered:
+    """Requests to one pipeline whose candidates are gathered once, through the serving path
+    (`Pipeline.gather`), and ranked again by `top()` with the scorer's and re-rankers' params
+    as they stand at that moment (`Pipeline.rank`). `tune` changes only those params between
+    calls, so each of its blend, prior and MMR trials costs a scorer and re-ranker pass, not
+    the candidate searches. `top()` equals `recommend_all` with the same params."""
+
+    def __init__(self, service: RecommenderService, pipeline: str, users: Sequence[str], k: int,
+                 contexts: Sequence[Sequence[str]] | None = None) -> None:
+        self.k = k
+        self.requests = []
+        for row, user in enumerate(users):
+            request = pb.RecommendRequest(user_id=user, k=k, pipeline=pipeline,
+                                          context_item_ids=list(contexts[row]) if contexts else [])
+            _, pipe, ctx, _ = service.prepare(request)
+            candidates, degraded = pipe.gather(ctx)
+            self.requests.append((pipe, ctx, candidates, degraded))
+
+    def top(self) -> np.ndarray:
+        """Top-k item indices for each request (padded with -1)."""
+        recs = np.full((len(self.requests), self.k), -1, dtype=np.int64)
+        for row, (pipe, ctx, candidates, degraded) in enumerate(self.requests):
+            result = pipe.rank(ctx, candidates.fresh(), list(degraded))
+            chosen = result.candidates.items[result.ranked]
+            recs[row, : chosen.shape[0]] = chosen
+        return recs
+
+
 def relevant_indices(service: RecommenderService, held: dict[Any, np.ndarray]) -> tuple[list[str], list[np.ndarray]]:
     """Users and their held-out items as model indices; items the model lacks get indices
     past the catalogue, so they count as relevant but can never be hit."""
@@ -151,10 +179,11 @@ def mmr_curve(service: RecommenderService, name: str, users: list[str], relevant
     stage = mmr_stage(service.state.config.pipelines[name])
     original = stage.params.lambda_weight
     points = []
+    gathered = Gathered(service, name, users, k)  # lambda is a re-ranker param: gather once
     try:
         for lam in lambdas:
             stage.params.lambda_weight = lam
-            recs = recommend_all(service, name, users, k)
+            recs = gathered.top()
             found = metrics.ranking_metrics(recs, relevant, (k,))
             points.append({"lambda": lam, f"ndcg@{k}": found[f"ndcg@{k}"], f"precision@{k}": found[f"precision@{k}"],
                            f"ild@{k}": metrics.intra_list_diversity(recs, service.state.model.item_content, k)})

@@ -48,6 +48,13 @@ class Pipeline:
         return [*self.sources, *self.filters, self.scorer, *self.rerankers]
 
     def run(self, ctx: RequestContext) -> PipelineResult:
+        candidates, degraded = self.gather(ctx)
+        return self.rank(ctx, candidates, degraded)
+
+    def gather(self, ctx: RequestContext) -> tuple[Candidates, list[str]]:
+        """Candidates from the sources, filtered, with every source's scores filled in; and the
+        stages that failed. Depends on the sources' and filters' params only, so offline tuning
+        gathers once and calls `rank` on `Candidates.fresh()` copies for each scorer setting."""
         degraded: list[str] = []
         results: dict[str, SourceResult] = {}
         available: list[CandidateSource] = []
@@ -75,6 +82,10 @@ class Pipeline:
                 candidates = candidates.select(keep)
         if self.fill_missing_scores and len(candidates):
             self._fill(ctx, candidates, available, degraded)
+        return candidates, degraded
+
+    def rank(self, ctx: RequestContext, candidates: Candidates, degraded: list[str]) -> PipelineResult:
+        """Score the gathered candidates and re-rank them: the result of the request."""
         try:
             self.scorer.score(ctx, candidates)
             if candidates.final is None or candidates.final.shape != candidates.items.shape:

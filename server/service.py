@@ -16,7 +16,7 @@ from hybridrec.v1 import recommender_pb2_grpc as pb_grpc
 from .bundle import Model
 from .errors import InvalidArgument, NotFound
 from .overload import OVERLOAD_STAGE, OverloadGuard
-from .pipeline import PipelineResult, ServingConfig, top_positions
+from .pipeline import Pipeline, PipelineResult, ServingConfig, top_positions
 from .precompute import Table
 from .stages import RequestContext, Stage
 
@@ -75,6 +75,16 @@ class RecommenderService(pb_grpc.RecommenderServicer):
 
     def recommend(self, request: pb.RecommendRequest, deadline: float | None = None) -> tuple[PipelineResult, RequestContext, str]:
         """Run a request in-process (the servicer and offline evaluation share this path)."""
+        name, pipeline, ctx, fallback = self.prepare(request, deadline)
+        result = pipeline.run(ctx)
+        if fallback is not None:
+            result.degraded.insert(0, OVERLOAD_STAGE)
+        return result, ctx, name
+
+    def prepare(self, request: pb.RecommendRequest, deadline: float | None = None
+                ) -> tuple[str, Pipeline, RequestContext, str | None]:
+        """Check a request and resolve it: the pipeline to run (name and object), its context,
+        and the overload fallback's name when a cheaper pipeline stands in for the asked one."""
         state = self._state
         config = state.config
         check_k(request.k, config.max_k)
@@ -100,10 +110,7 @@ class RecommenderService(pb_grpc.RecommenderServicer):
             explain=request.explain,
             deadline=deadline,
         )
-        result = pipeline.run(ctx)
-        if fallback is not None:
-            result.degraded.insert(0, OVERLOAD_STAGE)
-        return result, ctx, name
+        return name, pipeline, ctx, fallback
 
     def log_stored_calls(self) -> None:
         """At shutdown: how many calls the stored answers served (benchmarks read this line)."""

@@ -105,6 +105,11 @@ class Candidates:
     def __len__(self) -> int:
         return int(self.items.shape[0])
 
+    def fresh(self) -> "Candidates":
+        """The same gathered candidates (items, source scores, anchors: shared, not copied), with
+        nothing a scorer or re-ranker writes: for ranking one gathered set more than once."""
+        return Candidates(items=self.items, scores=self.scores, anchors=self.anchors)
+
     def select(self, keep: np.ndarray) -> "Candidates":
         """A new candidate set restricted to `keep` (a boolean mask or index array)."""
         return Candidates(

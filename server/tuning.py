@@ -18,8 +18,8 @@ import yaml
 from . import metrics, splits
 from .config import build_dataclass, load_yaml, TrainingConfig
 from .errors import DataError
-from .evaluation import (EventTable, check_pipelines, cold_start_requests, mmr_stage, prepare_dataset, recommend_all,
-                         relevant_indices, trained)
+from .evaluation import (EventTable, Gathered, check_pipelines, cold_start_requests, mmr_stage, prepare_dataset,
+                         recommend_all, relevant_indices, trained)
 from .reports import prepare_output
 
 log = logging.getLogger("hybridrec")
@@ -267,6 +267,8 @@ def tune(data: str | Path, base_config: str | Path, out_path: str | Path, pipeli
                                                     f"tune-weights-{f}")) for f, valid in enumerate(valids)]
             lists = [relevant_indices(service, held) for service, held in zip(services, helds)]
             pipes = [service.state.config.pipelines[pipeline] for service in services]
+            # from here on only scorer and re-ranker params change: candidates are gathered once
+            batches = [Gathered(service, pipeline, users, 10) for service, (users, _) in zip(services, lists)]
             sources = [s.name for s in pipes[0].sources if s.name != pipes[0].scorer.params.fallback]
             configured = dict(pipes[0].scorer.params.weights)
             configured_norm = getattr(pipes[0].scorer.params, "normalise", None)
@@ -281,9 +283,9 @@ def tune(data: str | Path, base_config: str | Path, out_path: str | Path, pipeli
                 grid_scores = []
                 for grid_weights in weight_grid(sources):
                     scores = []
-                    for service, pipe, (users, relevant) in zip(services, pipes, lists):
+                    for batch, pipe, (_, relevant) in zip(batches, pipes, lists):
                         pipe.scorer.params.weights = grid_weights
-                        recs = recommend_all(service, pipeline, users, 10)
+                        recs = batch.top()
                         scores.append(metrics.ranking_metrics(recs, relevant, (10,))["ndcg@10"])
                     score = float(np.mean(scores))
                     label = f"weights {grid_weights}" + (f", normalise {how}" if len(normalisers) > 1 else "")
@@ -315,7 +317,7 @@ def tune(data: str | Path, base_config: str | Path, out_path: str | Path, pipeli
                 cold = (cold_service, *cold_start_requests(cold_service, sub, context, held_out))
                 say(f"  cold-start validation: {len(cold[1])} users held out of training, "
                     f"{COLD_CONTEXT} context items each")
-                prior = _tune_prior(services, pipes, lists, pipeline, trials, say, cold)
+                prior = _tune_prior(batches, pipes, lists, pipeline, trials, say, cold)
             if prior is not None:
                 best = prior[2]
                 prior = prior[:2]
@@ -337,7 +339,7 @@ def tune(data: str | Path, base_config: str | Path, out_path: str | Path, pipeli
             "seconds": round(time.perf_counter() - started, 1)}
 
 
-def _tune_prior(services, pipes, lists, pipeline: str, trials: list, say, cold) -> tuple[float, float, float] | None:
+def _tune_prior(batches, pipes, lists, pipeline: str, trials: list, say, cold) -> tuple[float, float, float] | None:
     """The scorer's popularity prior (prior_weight, prior_items), with its validation ndcg@10, or
     None to keep the config's own.
 
@@ -351,17 +353,18 @@ def _tune_prior(services, pipes, lists, pipeline: str, trials: list, say, cold) 
     cold_params = cold_service.state.config.pipelines[pipeline].scorer.params
     incumbent = (params.prior_weight, params.prior_items)
     settings = [incumbent] + [s for s in SEARCH_PRIOR if s != incumbent and not (s[0] == 0 and incumbent[0] == 0)]
+    cold_batch = Gathered(cold_service, pipeline, [""] * len(contexts), 10, contexts) if contexts else None
     found = []  # (setting, main ndcg@10, new users' ndcg@10)
     for setting in settings:
         scores = []
-        for service, pipe, (users, relevant) in zip(services, pipes, lists):
+        for batch, pipe, (_, relevant) in zip(batches, pipes, lists):
             pipe.scorer.params.prior_weight, pipe.scorer.params.prior_items = setting
-            recs = recommend_all(service, pipeline, users, 10)
+            recs = batch.top()
             scores.append(metrics.ranking_metrics(recs, relevant, (10,))["ndcg@10"])
         cold_params.prior_weight, cold_params.prior_items = setting
         new_users = 0.0  # no user with enough items to hold out: main folds alone decide
-        if contexts:
-            recs = recommend_all(cold_service, pipeline, [""] * len(contexts), 10, contexts)
+        if cold_batch is not None:
+            recs = cold_batch.top()
             new_users = metrics.ranking_metrics(recs, cold_relevant, (10,))["ndcg@10"]
         found.append((setting, float(np.mean(scores)), new_users))
         label = "prior (config's own)" if setting == incumbent else "prior"
@@ -400,12 +403,13 @@ def _tune_mmr(services, name: str, weights, lists, trials: list, say, prior: tup
             pipe.scorer.params.normalise = normalise
         stages.append(mmr_stage(pipe))
     own = (stages[0].params.redundancy, stages[0].params.keep_top)
+    batches = [Gathered(service, name, users, 10) for service, (users, _) in zip(services, lists)]
 
     def run(lam: float) -> tuple[float, float]:
         ndcg, ild = [], []
-        for service, stage, (users, relevant) in zip(services, stages, lists):
+        for service, batch, stage, (_, relevant) in zip(services, batches, stages, lists):
             stage.params.lambda_weight = lam
-            recs = recommend_all(service, name, users, 10)
+            recs = batch.top()
             ndcg.append(metrics.ranking_metrics(recs, relevant, (10,))["ndcg@10"])
             ild.append(metrics.intra_list_diversity(recs, service.state.model.item_content, 10))
         return float(np.mean(ndcg)), float(np.mean(ild))

@@ -11,9 +11,11 @@ import yaml
 from hybridrec.server.cli import main
 from hybridrec.server.config import load_training_config
 from hybridrec.server.errors import ConfigError, DataError
-from hybridrec.server.evaluation import evaluate
+from hybridrec.server.app import load_state
+from hybridrec.server.evaluation import Gathered, evaluate, mmr_stage, recommend_all
 from hybridrec.server.pipeline import Pipeline, load_serving_config
 from hybridrec.server.plugin_manager import Plugins
+from hybridrec.server.service import RecommenderService
 from hybridrec.server.tuning import (Journal, MIN_GAIN, MMR_LAMBDAS, MMR_PATIENCE, SEARCH_CONTENT_DIMS, SEARCH_DLAE_DROPOUT,
                                      SEARCH_MMR_SHAPES, SEARCH_NORMALISE, SEARCH_PRIOR, apply_tuned, tune,
                                      weight_grid)
@@ -289,3 +291,25 @@ def test_movielens_100k_hybrid_beats_its_baselines() -> None:
     assert ndcg["hybrid"] > max(ndcg["item_item"], ndcg["cf"]) > ndcg["popularity"]
     # new users with five context items: the popularity prior lets the hybrid beat popularity alone
     assert cold["hybrid"] > cold["popularity"] > cold["cf"]
+
+
+def test_gathered_candidates_ranked_again_give_what_the_full_pipeline_gives(demo_model: Path) -> None:
+    # tune gathers each request's candidates once and re-ranks them for every scorer and MMR setting:
+    # that must be exactly what running the whole pipeline with those settings serves
+    service = RecommenderService(load_state(demo_model, DEFAULT_CONFIG, precomputed=False))
+    model = service.state.model
+    users = [str(u) for u in model.user_ids[:60].tolist()] + ["someone-new"]
+    contexts = [[]] * 60 + [[str(i) for i in model.item_ids[:3].tolist()]]
+    batch = Gathered(service, "hybrid", users, 10, contexts)
+    pipe = service.state.config.pipelines["hybrid"]
+    scorer, mmr = pipe.scorer.params, mmr_stage(pipe).params
+    settings = [({"cf": 1.0, "content": 0.0}, "zscore", 0.0, 1.0), ({"cf": 0.2, "content": 0.8}, "rank", 0.6, 0.3),
+                ({"cf": 0.5, "content": 0.5}, "minmax", 1.0, 0.7)]
+    seen = set()
+    for weights, how, prior, lam in settings:
+        scorer.weights, scorer.normalise, scorer.prior_weight, mmr.lambda_weight = weights, how, prior, lam
+        expected = recommend_all(service, "hybrid", users, 10, contexts)
+        assert np.array_equal(batch.top(), expected)
+        assert np.array_equal(batch.top(), expected)  # and again: nothing of one ranking stays for the next
+        seen.add(expected.tobytes())
+    assert len(seen) == len(settings)  # the settings do change the lists
