@@ -48,6 +48,14 @@ class RequestContext:
         sources can skip them inside the index search instead of over-fetching."""
         return self._cache.get("excluded", np.zeros(0, dtype=np.int64))
 
+    def release(self) -> None:
+        """Drop the values stages memoised (some are whole-catalogue score arrays), keeping the
+        history: for a context held after its candidates were gathered (offline tuning)."""
+        history = self._cache.get("history")
+        self._cache.clear()
+        if history is not None:
+            self._cache["history"] = history
+
     def cached(self, key: str, compute: Any) -> Any:
         """Memoise a per-request value shared between stages (e.g. the user's CF vector)."""
         if key not in self._cache:

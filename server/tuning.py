@@ -321,6 +321,7 @@ def tune(data: str | Path, base_config: str | Path, out_path: str | Path, pipeli
             if prior is not None:
                 best = prior[2]
                 prior = prior[:2]
+            del batches  # the MMR pipeline gathers its own
             mmr_pipeline = mmr_pipeline or next(
                 (p for p, obj in services[0].state.config.pipelines.items() if mmr_stage(obj) is not None), None)
             if mmr_pipeline:

@@ -301,6 +301,10 @@ def test_gathered_candidates_ranked_again_give_what_the_full_pipeline_gives(demo
     users = [str(u) for u in model.user_ids[:60].tolist()] + ["someone-new"]
     contexts = [[]] * 60 + [[str(i) for i in model.item_ids[:3].tolist()]]
     batch = Gathered(service, "hybrid", users, 10, contexts)
+    partly = Gathered(service, "hybrid", users, 10, contexts, max_held=20)  # the other 41 run whole each time
+    assert len(partly.requests) == 20
+    # held requests keep no memoised whole-catalogue arrays, only the history the prior reads
+    assert all(set(ctx._cache) <= {"history"} for _, ctx, _, _ in batch.requests)
     pipe = service.state.config.pipelines["hybrid"]
     scorer, mmr = pipe.scorer.params, mmr_stage(pipe).params
     settings = [({"cf": 1.0, "content": 0.0}, "zscore", 0.0, 1.0), ({"cf": 0.2, "content": 0.8}, "rank", 0.6, 0.3),
@@ -311,5 +315,6 @@ def test_gathered_candidates_ranked_again_give_what_the_full_pipeline_gives(demo
         expected = recommend_all(service, "hybrid", users, 10, contexts)
         assert np.array_equal(batch.top(), expected)
         assert np.array_equal(batch.top(), expected)  # and again: nothing of one ranking stays for the next
+        assert np.array_equal(partly.top(), expected)
         seen.add(expected.tobytes())
     assert len(seen) == len(settings)  # the settings do change the lists
