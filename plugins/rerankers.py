@@ -6,14 +6,20 @@ from dataclasses import dataclass
 import numpy as np
 
 from hybridrec.server.hookspecs import hookimpl
+from hybridrec.server.metrics import category_unit_rows
 from hybridrec.server.stages import Candidates, RequestContext, Reranker
+
+
+SIMILARITIES = ("content", "cf", "category")
 
 
 class MMR(Reranker):
     """Greedy MMR: pick argmax of lambda * relevance - (1 - lambda) * max similarity to picks.
 
     Relevance is the scorer's final score min-max scaled over the pool; similarity is the
-    cosine of content embeddings (or SVD item factors with `similarity: cf`). The redundancy
+    cosine of content embeddings, of SVD item factors (`similarity: cf`) or of the items'
+    category sets (`similarity: category`: shared categories over the geometric mean of the two
+    sets' sizes; an item without categories is similar to nothing). The redundancy
     of a candidate is its largest similarity to the picks (`redundancy: max`, the classic
     MMR) or its mean similarity to them (`mean`, which trades relevance for intra-list
     diversity, itself a mean, more evenly).
@@ -35,8 +41,8 @@ class MMR(Reranker):
             raise ValueError("lambda_weight must be between 0 and 1")
         if self.params.pool < 1:
             raise ValueError("pool must be >= 1")
-        if self.params.similarity not in ("content", "cf"):
-            raise ValueError("similarity must be one of: content, cf")
+        if self.params.similarity not in SIMILARITIES:
+            raise ValueError(f"similarity must be one of: {', '.join(SIMILARITIES)}")
         if self.params.redundancy not in ("max", "mean"):
             raise ValueError("redundancy must be one of: max, mean")
         if self.params.keep_top < 0:
@@ -111,8 +117,11 @@ class MMR(Reranker):
 
 
 def _unit_vectors(ctx: RequestContext, items: np.ndarray, similarity: str) -> np.ndarray:
-    """Rows of the content embeddings (or SVD item factors) scaled to unit length."""
-    if similarity == "content":  # stored unit length (or zero: no content) by training
+    """Rows of the content embeddings, SVD item factors or category indicators, scaled to unit
+    length. A model trained without categories falls back to content embeddings."""
+    if similarity == "category" and ctx.model.item_categories is not None:
+        return category_unit_rows(ctx.model.item_categories[items])
+    if similarity in ("content", "category"):  # stored unit length (or zero: no content) by training
         return ctx.model.item_content[items].astype(np.float64)
     emb = ctx.model.item_factors[items].astype(np.float64)
     norms = np.sqrt(np.einsum("ij,ij->i", emb, emb))[:, None]

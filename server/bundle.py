@@ -53,7 +53,8 @@ ARRAYS: dict[str, int] = {
 # Saved by current training; computed at load when an older bundle lacks them.
 OPTIONAL_ARRAYS: dict[str, int] = {"user_order": 1, "item_order": 1}
 # Saved only when the training config asks for them.
-EXTRA_ARRAYS: dict[str, int] = {"content_neighbours": 2, "cf_user_items": 2, "cf_user_scores": 2}
+EXTRA_ARRAYS: dict[str, int] = {"content_neighbours": 2, "cf_user_items": 2, "cf_user_scores": 2,
+                                 "item_categories": 2, "category_names": 1}
 INDEXES = ("cf", "content")
 MMAP_MIN_BYTES = 16 << 20  # with mmap=None, arrays from this size up are memory-mapped
 HASH_THREADS = 4
@@ -153,6 +154,10 @@ class Model:
     # scores; None when training did not store them (`collaborative.user_candidates`)
     cf_user_items: np.ndarray | None = field(default=None, repr=False)
     cf_user_scores: np.ndarray | None = field(default=None, repr=False)
+    # (items x w) each item's category codes (rows of category_names), -1 padded; None when the
+    # catalogue had no category field (`content.category_field`)
+    item_categories: np.ndarray | None = field(default=None, repr=False)
+    category_names: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def version(self) -> str:
@@ -347,6 +352,13 @@ def load_model(model_dir: str | Path, verify_checksums: bool = True, mmap: bool 
         # shapes and types only: a range check would read the whole table at every start
         raise BundleError(f"model bundle {model_dir} is corrupt: cf_user_items and cf_user_scores do not match "
                           "the other arrays")
+    categories, category_names = arrays.pop("item_categories", None), arrays.pop("category_names", None)
+    if (categories is None) != (category_names is None) or (categories is not None and (
+            categories.shape[0] != item_ids.shape[0] or categories.dtype.kind not in "iu"
+            or (categories.size and (int(categories.max()) >= category_names.shape[0]
+                                     or int(categories.min()) < -1)))):
+        raise BundleError(f"model bundle {model_dir} is corrupt: item_categories and category_names do not match "
+                          "the other arrays")
     for name, order, ids in (("user_order", user_order, user_ids), ("item_order", item_order, item_ids)):
         if order is not None and (order.shape[0] != ids.shape[0]
                                   or (order.shape[0] and (int(order.min()) < 0 or int(order.max()) >= ids.shape[0]))):
@@ -368,6 +380,8 @@ def load_model(model_dir: str | Path, verify_checksums: bool = True, mmap: bool 
         content_neighbours=neighbours,
         cf_user_items=cf_items,
         cf_user_scores=cf_scores,
+        item_categories=categories,
+        category_names=category_names,
         item_item=sp.csr_matrix(
             (arrays.pop("item_item_data"), arrays.pop("item_item_indices"), arrays.pop("item_item_indptr")),
             shape=(item_ids.shape[0], item_ids.shape[0]),

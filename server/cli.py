@@ -207,7 +207,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     paths = write_reports(args.out, report)
     ks = report["ks"]
     k = 10 if 10 in ks else ks[0]
-    cols = ["precision", "recall", "ndcg", "map", "hitrate", "mrr", "coverage", "ild", "novelty"]
+    cols = ["precision", "recall", "ndcg", "map", "hitrate", "mrr", "coverage", "ild", "category_ild", "novelty"]
+    cols = [c for c in cols if all(f"{c}@{k}" in entry["metrics"] for entry in report["pipelines"].values())]
     rows = [[name] + [f"{entry['metrics'][f'{c}@{k}']:.4f}" for c in cols]
             for name, entry in report["pipelines"].items()]
     print(_table(rows, ["pipeline"] + [f"{c}@{k}" for c in cols]))

@@ -95,6 +95,10 @@ class ContentConfig:
     # > 0: store each item's nearest content neighbours (searched once, in batch, at training)
     # so a request looks its seeds' neighbours up instead of searching the index per seed
     neighbours: int = 0
+    # a column of '|'-separated categories (genres, departments), stored per item so MMR can
+    # diversify over them (`similarity: category`) and `evaluate` can report their diversity;
+    # null: none stored
+    category_field: str | None = "category"
 
 
 @dataclass
@@ -265,6 +269,10 @@ def load_training_config(path: str | Path | None) -> TrainingConfig:
     if not all(isinstance(name, str) for name in config.content.text_fields):
         raise ConfigError(f"{path}: training.content.text_fields: must be a list of column names, "
                           f"got {config.content.text_fields!r}")
+    if config.content.category_field is not None and (not isinstance(config.content.category_field, str)
+                                                      or not config.content.category_field):
+        raise ConfigError(f"{path}: training.content.category_field: must be a column name or null, "
+                          f"got {config.content.category_field!r}")
     half_life = config.popularity.half_life_days
     if half_life is not None and not half_life > 0:
         raise ConfigError(f"{path}: training.popularity.half_life_days: must be > 0 or null (no decay), "

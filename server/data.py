@@ -254,13 +254,15 @@ def _read_events_rows(path: Path, config: EventsConfig) -> EventLog:
 
 
 @utf8_text("items")
-def read_catalogue(path: str | Path, fields: list[str], embedding_column: str | None) -> Catalogue:
-    """Read items.csv: `item_id` plus whichever text fields exist (and the vector column)."""
+def read_catalogue(path: str | Path, fields: list[str], embedding_column: str | None,
+                   category_field: str | None = None) -> Catalogue:
+    """Read items.csv: `item_id` plus whichever text fields exist (and the vector and category columns)."""
     path = Path(path)
     required = ("item_id",) + ((embedding_column,) if embedding_column else ())
     reader, handle = _open_csv(path, required, "items")
     header = reader.fieldnames or []
-    wanted = [f for f in dict.fromkeys(["title", *fields]) if f in header]
+    wanted = [f for f in dict.fromkeys(["title", *fields, *([category_field] if category_field else [])])
+              if f in header]
     if embedding_column:
         wanted.append(embedding_column)
     ids: list[str] = []

@@ -175,6 +175,8 @@ def score_lists(service: RecommenderService, recs: np.ndarray, relevant: list[np
     for k in ks:
         result[f"coverage@{k}"] = metrics.catalog_coverage(recs, model.num_items, k)
         result[f"ild@{k}"] = metrics.intra_list_diversity(recs, model.item_content, k)
+        if model.item_categories is not None:
+            result[f"category_ild@{k}"] = metrics.category_diversity(recs, model.item_categories, k)
         result[f"novelty@{k}"] = metrics.novelty(recs, counts, model.num_users, k)
         result[f"popularity_bias@{k}"] = metrics.popularity_bias(recs, counts, k)
     return result
@@ -182,6 +184,14 @@ def score_lists(service: RecommenderService, recs: np.ndarray, relevant: list[np
 
 def mmr_stage(pipeline: Pipeline):
     return next((r for r in pipeline.rerankers if r.plugin_name == "mmr"), None)
+
+
+def diversity_of(stage, model) -> Callable[[np.ndarray, int], float]:
+    """ILD@k in the space an MMR stage diversifies over: category sets with `similarity:
+    category` (when the model has them), else content embeddings."""
+    if stage.params.similarity == "category" and model.item_categories is not None:
+        return lambda recs, k: metrics.category_diversity(recs, model.item_categories, k)
+    return lambda recs, k: metrics.intra_list_diversity(recs, model.item_content, k)
 
 
 def mmr_curve(service: RecommenderService, name: str, users: list[str], relevant: list[np.ndarray],
@@ -198,6 +208,9 @@ def mmr_curve(service: RecommenderService, name: str, users: list[str], relevant
             found = metrics.ranking_metrics(recs, relevant, (k,))
             points.append({"lambda": lam, f"ndcg@{k}": found[f"ndcg@{k}"], f"precision@{k}": found[f"precision@{k}"],
                            f"ild@{k}": metrics.intra_list_diversity(recs, service.state.model.item_content, k)})
+            if service.state.model.item_categories is not None:
+                points[-1][f"category_ild@{k}"] = metrics.category_diversity(
+                    recs, service.state.model.item_categories, k)
     finally:
         stage.params.lambda_weight = original
     return points

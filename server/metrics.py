@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+import scipy.sparse as sp
 
 PAD = -1
 
@@ -137,6 +138,41 @@ def intra_list_diversity(recs: np.ndarray, embeddings: np.ndarray, k: int) -> fl
     distance_sum = sum(t[0] for t in totals)
     n_lists = sum(t[1] for t in totals)
     return distance_sum / n_lists if n_lists else 0.0
+
+
+def category_diversity(recs: np.ndarray, item_categories: np.ndarray, k: int) -> float:
+    """Intra-list diversity over category sets: the mean over lists of >= 2 items of the mean
+    pairwise distance 1 - |A & B| / sqrt(|A| |B|), the cosine distance of category indicator
+    vectors. ``item_categories`` holds each item's category codes, -1 padded; an item without
+    categories is at distance 1 from everything. Returns 0.0 when no list has two items.
+    """
+    top = _top(recs, k)
+    codes = np.asarray(item_categories)[np.where(top != PAD, top, 0)]  # (lists, k, widest)
+    present = (codes >= 0) & (top != PAD)[:, :, None]
+    sizes = present.sum(axis=2)
+    # Per list and category c, s_c = sum over its items holding c of 1 / sqrt(|A_i|); the sum
+    # of cosines over ordered pairs i != j is sum_c s_c^2 minus one per item with categories.
+    weights = np.where(present, 1.0 / np.sqrt(np.maximum(sizes, 1))[:, :, None], 0.0)
+    lists = np.broadcast_to(np.arange(top.shape[0])[:, None, None], codes.shape)
+    n_codes = int(codes.max()) + 1 if codes.size else 0
+    summed = sp.csr_matrix((weights[present], (lists[present], codes[present])),
+                           shape=(top.shape[0], max(n_codes, 1)))  # duplicates are summed
+    pair_cos = np.asarray(summed.multiply(summed).sum(axis=1)).ravel() - (sizes > 0).sum(axis=1)
+    n = (top != PAD).sum(axis=1).astype(np.float64)
+    counted = n >= 2
+    if not counted.any():
+        return 0.0
+    return float(np.mean(1.0 - pair_cos[counted] / (n[counted] * (n[counted] - 1.0))))
+
+
+def category_unit_rows(codes: np.ndarray) -> np.ndarray:
+    """Unit-length category indicator vectors of a few items (rows of -1 padded codes), over the
+    categories those items hold: their dot products are the items' category cosines."""
+    present = codes >= 0
+    held, local = np.unique(codes[present], return_inverse=True)
+    out = np.zeros((codes.shape[0], max(held.shape[0], 1)))
+    out[np.nonzero(present)[0], local] = 1.0
+    return _unit_rows(out)
 
 
 def _unit_rows(vectors: np.ndarray) -> np.ndarray:

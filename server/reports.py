@@ -14,7 +14,8 @@ from typing import Any, Iterable, Sequence
 from .errors import DataError
 
 ACCURACY = ("precision", "recall", "ndcg", "map", "hitrate", "mrr")
-BEYOND_ACCURACY = ("coverage", "ild", "novelty", "popularity_bias")
+BEYOND_ACCURACY = ("coverage", "ild", "category_ild", "novelty", "popularity_bias")
+OPTIONAL_METRICS = ("category_ild",)  # shown only when some pipeline has them (the model has categories)
 MAIN_METRICS = ACCURACY + BEYOND_ACCURACY
 CHART_METRICS = ("precision", "recall", "ndcg", "map")
 MAIN_K = 10
@@ -163,7 +164,8 @@ def _best_values(pipelines: dict, keys: Sequence[str]) -> dict[str, float]:
 
 
 def _main_table(pipelines: dict, k: int, chart: str | None) -> str:
-    keys = [f"{name}@{k}" for name in MAIN_METRICS]
+    present = {key for entry in pipelines.values() for key in (entry.get("metrics") or {})}
+    keys = [f"{name}@{k}" for name in MAIN_METRICS if name not in OPTIONAL_METRICS or f"{name}@{k}" in present]
     best = _best_values(pipelines, [f"{name}@{k}" for name in ACCURACY])
     rows = []
     for pipeline, entry in pipelines.items():

@@ -238,6 +238,23 @@ def build_index(vectors: np.ndarray, factory: str, what: str, params: dict[str, 
     return indexes.build_index(vectors, factory, what, params, queries, seed)[0]
 
 
+def category_table(catalogue: Catalogue, field: str | None, n_items: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Each item's categories from a '|'-separated column: (items x widest) codes, -1 padded, and
+    the category names the codes index (sorted). None when the column is absent or empty."""
+    values = catalogue.columns.get(field) if field else None
+    if not values:
+        return None
+    per_item = [sorted({c.strip() for c in text.split("|") if c.strip()}) for text in values]
+    names = sorted({c for cats in per_item for c in cats})
+    if not names:
+        return None
+    code = {name: i for i, name in enumerate(names)}
+    table = np.full((n_items, max(len(cats) for cats in per_item)), -1, dtype=np.int32)
+    for row, cats in enumerate(per_item):
+        table[row, : len(cats)] = [code[c] for c in cats]
+    return table, np.asarray(names, dtype=str)
+
+
 def neighbour_table(index: Any, vectors: np.ndarray, k: int, chunk: int = 1 << 15) -> np.ndarray:
     """Each row's k nearest other rows by `index` (searched in batches), -1 where fewer exist.
 
@@ -327,7 +344,8 @@ def train(events_path: str | Path, items_path: str | Path, config: TrainingConfi
     with steps.step(f"reading events {events_path}"):
         events = read_events(events_path, config.events)
     with steps.step(f"reading items {items_path}"):
-        catalogue = read_catalogue(items_path, config.content.text_fields, config.content.embedding_column)
+        catalogue = read_catalogue(items_path, config.content.text_fields, config.content.embedding_column,
+                                   config.content.category_field)
         item_ids, item_of_event = build_item_space(events, catalogue)
     n_users, n_items = len(events.user_ids), len(item_ids)
     with steps.step(f"interaction matrix ({n_users} users x {n_items} items)"):
@@ -362,6 +380,9 @@ def train(events_path: str | Path, items_path: str | Path, config: TrainingConfi
         with steps.step(f"CF candidates per user ({n_candidates} per user, history excluded)"):
             extra["cf_user_items"], extra["cf_user_scores"] = user_candidate_table(
                 cf_index, user_factors, histories["history_indptr"], histories["history_items"], n_candidates)
+    categories = category_table(catalogue, config.content.category_field, n_items)
+    if categories is not None:
+        extra["item_categories"], extra["category_names"] = categories
     titles = catalogue.columns.get("title") or []
     titles = titles + [""] * (n_items - len(titles))
     user_id_array = np.asarray(events.user_ids, dtype=str)
@@ -395,6 +416,7 @@ def train(events_path: str | Path, items_path: str | Path, config: TrainingConfi
                    "events": int(events.users.shape[0])},
         "event_types": events.event_types,
         "dims": {"cf": int(item_factors.shape[1]), "content": int(content.shape[1])},
+        "categories": 0 if categories is None else int(categories[1].shape[0]),
         "item_item": {"method": item_item_method, "nnz": int(item_item["item_item_data"].shape[0])},
         "indexes": {"cf": cf_info, "content": content_info},
     }

@@ -18,8 +18,8 @@ import yaml
 from . import metrics, splits
 from .config import build_dataclass, load_yaml, TrainingConfig
 from .errors import DataError
-from .evaluation import (EventTable, Gathered, check_pipelines, cold_start_requests, mmr_stage, prepare_dataset,
-                         recommend_all, relevant_indices, trained)
+from .evaluation import (EventTable, Gathered, check_pipelines, cold_start_requests, diversity_of, mmr_stage,
+                         prepare_dataset, recommend_all, relevant_indices, trained)
 from .reports import prepare_output
 
 log = logging.getLogger("hybridrec")
@@ -406,13 +406,17 @@ def _tune_mmr(services, name: str, weights, lists, trials: list, say, prior: tup
     own = (stages[0].params.redundancy, stages[0].params.keep_top)
     batches = [Gathered(service, name, users, 10) for service, (users, _) in zip(services, lists)]
 
+    # ILD in the space the stage diversifies over: content embeddings, or category sets
+    diversity = [diversity_of(stage, service.state.model) for service, stage in zip(services, stages)]
+    ild_key = "category_ild@10" if stages[0].params.similarity == "category" else "ild@10"
+
     def run(lam: float) -> tuple[float, float]:
         ndcg, ild = [], []
-        for service, batch, stage, (_, relevant) in zip(services, batches, stages, lists):
+        for batch, stage, measure, (_, relevant) in zip(batches, stages, diversity, lists):
             stage.params.lambda_weight = lam
             recs = batch.top()
             ndcg.append(metrics.ranking_metrics(recs, relevant, (10,))["ndcg@10"])
-            ild.append(metrics.intra_list_diversity(recs, service.state.model.item_content, 10))
+            ild.append(measure(recs, 10))
         return float(np.mean(ndcg)), float(np.mean(ild))
 
     base = run(1.0)[0]  # lambda 1 is relevance order whatever the shape
@@ -424,7 +428,7 @@ def _tune_mmr(services, name: str, weights, lists, trials: list, say, prior: tup
         for lam in MMR_LAMBDAS:
             ndcg, ild = run(lam)
             label = f"mmr {shape[0]} keep_top {shape[1]} lambda {lam}" if shapes else f"mmr lambda {lam}"
-            trials.append({"trial": label, "ndcg@10": round(ndcg, 5), "ild@10": round(ild, 5)})
+            trials.append({"trial": label, "ndcg@10": round(ndcg, 5), ild_key: round(ild, 5)})
             if ndcg >= (1 - MMR_MAX_NDCG_LOSS) * base:
                 chosen, chosen_ild, misses = lam, ild, 0
             else:
@@ -433,7 +437,7 @@ def _tune_mmr(services, name: str, weights, lists, trials: list, say, prior: tup
                     break
         found.append((shape, chosen, chosen_ild))
         if shapes:
-            say(f"  MMR {shape[0]} keep_top {shape[1]}: lambda {chosen}, validation ild@10 {chosen_ild:.4f}")
+            say(f"  MMR {shape[0]} keep_top {shape[1]}: lambda {chosen}, validation {ild_key} {chosen_ild:.4f}")
     pick = max(found, key=lambda row: row[2])
     if pick[2] <= found[0][2] * (1 + MIN_GAIN):
         pick = found[0]

@@ -162,3 +162,31 @@ def test_stored_user_candidates_must_match_the_users(bundle_copy: Path) -> None:
         load_model(bundle_copy)
     store("cf_user_scores", np.zeros((model.num_users, 5), dtype=np.float32))
     assert load_model(bundle_copy).cf_user_items.shape == (model.num_users, 5)
+
+
+def test_stored_categories_must_match_their_names(bundle_copy: Path) -> None:
+    import hashlib
+
+    import numpy as np
+
+    model = load_model(bundle_copy)
+    assert model.item_categories is not None and model.item_categories.shape[0] == model.num_items
+    names = model.category_names.shape[0]
+    manifest = json.loads((bundle_copy / "manifest.json").read_text())
+    path = bundle_copy / "item_categories.npy"
+
+    def store(value: int) -> None:  # the stored table with one entry set to `value`
+        table = np.array(model.item_categories)
+        table[2, 0] = value
+        np.save(path, table)
+        manifest["files"][path.name] = {"bytes": path.stat().st_size,
+                                        "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+        (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
+
+    for bad in (names, -2):
+        store(bad)
+        with pytest.raises(BundleError) as exc:
+            load_model(bundle_copy)
+        assert _one_line(exc).endswith("item_categories and category_names do not match the other arrays")
+    store(-1)  # -1: no category in that slot
+    assert load_model(bundle_copy).item_categories[2, 0] == -1

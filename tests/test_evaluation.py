@@ -40,7 +40,7 @@ def test_report_has_every_pipeline_and_metric(demo_report: dict) -> None:
     assert list(demo_report["pipelines"]) == ["hybrid", "hybrid_no_mmr", "cf", "content", "popularity"]
     for entry in demo_report["pipelines"].values():
         m = entry["metrics"]
-        for name in ("precision", "recall", "ndcg", "map", "hitrate", "mrr", "coverage", "ild"):
+        for name in ("precision", "recall", "ndcg", "map", "hitrate", "mrr", "coverage", "ild", "category_ild"):
             for k in (5, 10):
                 assert 0.0 <= m[f"{name}@{k}"] <= 1.0
         assert m["novelty@10"] > 0 and m["popularity_bias@10"] > 0
@@ -58,6 +58,8 @@ def test_mmr_curve_trades_accuracy_for_diversity(demo_report: dict) -> None:
     assert list(points) == [1.0, 0.7, 0.5, 0.2]  # the configured 0.7 joins the asked lambdas, in order
     assert points[0.7]["ndcg@10"] == pytest.approx(demo_report["pipelines"]["hybrid"]["metrics"]["ndcg@10"])
     assert points[0.2]["ild@10"] > points[1.0]["ild@10"]
+    assert points[0.7]["category_ild@10"] == pytest.approx(
+        demo_report["pipelines"]["hybrid"]["metrics"]["category_ild@10"])
     assert points[1.0]["ndcg@10"] == pytest.approx(demo_report["pipelines"]["hybrid_no_mmr"]["metrics"]["ndcg@10"])
 
 

@@ -209,6 +209,37 @@ def test_intra_list_diversity_blocks_agree_with_a_loop(monkeypatch: pytest.Monke
     assert intra_list_diversity(recs, embeddings, k=6) == pytest.approx(expected)
 
 
+def test_category_diversity_hand_computed() -> None:
+    # item 0 {a, b}, item 1 {a}, item 2 {c}, item 3 no category
+    categories = np.array([[0, 1], [0, -1], [2, -1], [-1, -1]])
+    # list [0, 1, 2]: cos(0,1) = 1 / sqrt(2 x 1), the other pairs share nothing
+    # list [0, 3]: an item without categories is at distance 1; list [1] alone is not counted
+    first = 1 - (1 / math.sqrt(2)) / 3
+    recs = recs_of([0, 1, 2], [0, 3, -1], [1, -1, -1])
+    assert metrics.category_diversity(recs, categories, k=3) == pytest.approx((first + 1.0) / 2)
+    assert metrics.category_diversity(recs, categories, k=1) == 0.0  # no list of two
+    # the same items twice over: every pair identical
+    assert metrics.category_diversity(recs_of([1, 1]), categories, k=2) == pytest.approx(0.0)
+
+
+def test_category_diversity_is_ild_over_indicator_vectors() -> None:
+    rng = np.random.default_rng(4)
+    categories = np.full((60, 3), -1)
+    for row in range(60):
+        held = rng.choice(7, size=rng.integers(0, 4), replace=False)
+        categories[row, : held.shape[0]] = held
+    indicators = np.zeros((60, 7))
+    for row, codes in enumerate(categories):
+        indicators[row, codes[codes >= 0]] = 1.0
+    recs = np.stack([rng.permutation(60)[:8] for _ in range(40)])
+    recs[::5, 6:] = -1  # some shorter lists
+    assert metrics.category_diversity(recs, categories, k=8) == pytest.approx(
+        intra_list_diversity(recs, indicators, k=8))
+    unit = metrics.category_unit_rows(categories[:10])
+    expected = indicators[:10] / np.maximum(np.linalg.norm(indicators[:10], axis=1, keepdims=True), 1e-12)
+    assert np.allclose(unit @ unit.T, expected @ expected.T)
+
+
 def test_novelty() -> None:
     item_counts = np.array([8, 4, 1, 0])
     n_users = 8

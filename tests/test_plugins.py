@@ -343,6 +343,40 @@ def test_mmr_diversifies_and_lambda_one_keeps_order(model) -> None:
     assert sorted(diverse.tolist()) == sorted(ranked.tolist())
 
 
+def test_mmr_category_similarity_spreads_the_categories(model) -> None:
+    import dataclasses
+
+    from hybridrec.plugins.rerankers import MMR
+    from hybridrec.server import metrics
+
+    assert model.item_categories is not None and model.category_names.shape[0] > 1
+    items, cands, ranked = ranked_candidates(model, 2)
+    ctx = make_ctx(model, k=10)
+
+    def category_ild(pos: np.ndarray) -> float:
+        return metrics.category_diversity(items[pos[:10]][None, :], model.item_categories, 10)
+
+    params = dict(lambda_weight=0.3, pool=40, redundancy="mean")
+    spread = MMR("mmr", MMR.Params(similarity="category", **params)).rerank(ctx, cands, ranked)
+    assert sorted(spread.tolist()) == sorted(ranked.tolist())
+    assert category_ild(spread) > category_ild(ranked)
+    # the second pick, by hand: category cosine from the items' category names as sets
+    names = [{str(model.category_names[c]) for c in row if c >= 0} for row in model.item_categories[items[ranked]]]
+    cosine = np.array([len(names[0] & other) / np.sqrt(len(names[0]) * len(other)) if names[0] and other else 0.0
+                       for other in names])
+    relevance = (cands.final[ranked] - cands.final[ranked].min()) / np.ptp(cands.final[ranked])
+    value = 0.3 * relevance - 0.7 * cosine
+    value[0] = -np.inf
+    assert spread[0] == ranked[0] and spread[1] == ranked[int(np.argmax(value))]
+    # a model trained without categories diversifies over content instead
+    bare = make_ctx(dataclasses.replace(model, item_categories=None, category_names=None), k=10)
+    by_content = MMR("mmr", MMR.Params(similarity="content", **params)).rerank(ctx, cands, ranked)
+    fallback = MMR("mmr", MMR.Params(similarity="category", **params)).rerank(bare, cands, ranked)
+    assert fallback.tolist() == by_content.tolist()
+    with pytest.raises(ValueError, match="similarity must be one of: content, cf, category"):
+        MMR("mmr", MMR.Params(similarity="genre")).validate()
+
+
 def test_content_vectors_are_stored_unit_length_or_zero(model) -> None:
     # MMR's content similarity takes the stored vectors as they are: cosine needs unit rows
     norms = np.linalg.norm(model.item_content, axis=1)

@@ -518,3 +518,30 @@ def test_a_bundle_array_that_is_not_finite_is_refused() -> None:
     check_finite({"ids": np.array(["a"]), "ok": np.ones(3, dtype=np.float32)})
     with pytest.raises(DataError, match=r"non-finite values in popularity; the event weights"):
         check_finite({"ok": np.ones(3, dtype=np.float32), "popularity": np.array([1.0, np.inf], dtype=np.float32)})
+
+
+def test_item_categories_are_stored_from_the_category_field(tmp_path: Path) -> None:
+    rows = [("a", "Alpha", "", "Drama|Comedy", ""), ("b", "Beta", "", "Drama", ""), ("c", "Gamma", "", "", ""),
+            ("d", "Delta", "", " Horror | Drama |", "")]
+    items = write_items(tmp_path / "items.csv", rows)
+    events = write_events(tmp_path / "events.csv", [(u, i, "click", 1_700_000_000 + n, "")
+                                                    for n, (u, i) in enumerate([("u1", "a"), ("u1", "b"), ("u2", "b"),
+                                                                                ("u2", "d"), ("u3", "e")])])
+    config = tiny_config()
+    config.collaborative.components = 2
+    config.content.dims = 2
+    manifest = train(events, items, config, tmp_path / "model")
+    model = load_model(tmp_path / "model")
+    assert model.category_names.tolist() == ["Comedy", "Drama", "Horror"] and manifest["categories"] == 3
+    held = {str(model.item_ids[row]): {str(model.category_names[c]) for c in codes if c >= 0}
+            for row, codes in enumerate(model.item_categories)}
+    # item e is only in the events: no categories, like item c whose field is empty
+    assert held == {"a": {"Drama", "Comedy"}, "b": {"Drama"}, "c": set(), "d": {"Horror", "Drama"}, "e": set()}
+    config.content.category_field = None
+    manifest = train(events, items, config, tmp_path / "bare")
+    bare = load_model(tmp_path / "bare")
+    assert bare.item_categories is None and bare.category_names is None and manifest["categories"] == 0
+    path = tmp_path / "c.yaml"
+    path.write_text("training:\n  content:\n    category_field: ''\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml: training\.content\.category_field: must be a column name or null"):
+        load_training_config(path)
