@@ -52,6 +52,10 @@ MMR on that relevance is compared with the same lifted list without MMR.
 `--pipeline` re-ranks another pipeline's pools (`item_item`, `cf`): is the frontier a property of
 the hybrid, or of any model of these ratings?
 
+`--space category` measures every similarity and ILD over the items' category sets (MovieLens
+genres) instead of content vectors, as `evaluate`'s category_ild@10 and MMR's `similarity:
+category` do; `--served hybrid_mmr_genres` then shows the config's genre-diversified pipeline.
+
 Relevance is the final score min-max scaled over the pool, as in the MMR stage.
 
     .venv/bin/python benchmarks/mmr_frontier.py --data ../shared/data/ml-100k
@@ -272,6 +276,10 @@ def main() -> int:
     parser.add_argument("--config", type=Path, default=REPO / "server" / "configs" / "movielens-100k.yaml")
     # pools: at least the K items listed; --pool one more, as the set search swaps in items from beyond the top K
     parser.add_argument("--pipeline", default="hybrid", help="the pipeline whose pools are re-ranked")
+    parser.add_argument("--space", choices=("content", "category"), default="content",
+                        help="where similarity and ILD are measured: content vectors (as `evaluate`'s ild@10) "
+                             "or the items' category sets (its category_ild@10)")
+    parser.add_argument("--served", default="hybrid_mmr", help="the config's MMR pipeline shown as served")
     parser.add_argument("--pool", type=int_at_least(K + 1), default=50)
     parser.add_argument("--lambdas", type=unit_interval, nargs="*", default=[0.5, 0.3, 0.25, 0.2])
     parser.add_argument("--betas", type=non_negative_float, nargs="*", default=[3.0, 5.0, 8.0])
@@ -296,7 +304,7 @@ def main() -> int:
     discount = 1.0 / np.log2(np.arange(2, k + 2))
     config = load_training_config(args.config)
     try:
-        ev.check_pipelines(args.config, [args.pipeline, "hybrid_mmr"])
+        ev.check_pipelines(args.config, [args.pipeline, args.served])
     except Exception as exc:  # an unknown pipeline: the one-line reason, exit 2
         parser.error(str(exc))
     with tempfile.TemporaryDirectory(prefix="hybridrec-mmr-") as tmp:
@@ -307,8 +315,8 @@ def main() -> int:
         with ev.trained(table, ~test, items_csv, config, args.config, workdir, "main") as service:
             model = service.state.model
             users, relevant = ev.relevant_indices(service, splits.held_out_items(table.users, table.items, test))
-            served = ev.recommend_all(service, "hybrid_mmr", users, k)
-            stage = ev.mmr_stage(service.state.config.pipelines["hybrid_mmr"])
+            served = ev.recommend_all(service, args.served, users, k)
+            stage = ev.mmr_stage(service.state.config.pipelines[args.served])
             keep_top = stage.params.keep_top
             pools, scores = [], []
             depth = max([args.pool, *args.deep_pools])
@@ -321,7 +329,12 @@ def main() -> int:
             history = np.diff(model.history_indptr)[rows_of_users]
             histories = [tuple(np.asarray(a) for a in model.history(row)[:2]) for row in rows_of_users]
             item_item = model.item_item.tocsr()
-            unit = unit_rows(model.item_content)
+            if args.space == "category" and model.item_categories is None:
+                parser.error(f"--space category: the items of {args.data} have no categories")
+            # every similarity and ILD below is measured in this space
+            unit = (metrics.category_unit_rows(model.item_categories) if args.space == "category"
+                    else unit_rows(model.item_content))
+            categories = model.item_categories
 
     def lists(pick, pool: int = args.pool) -> np.ndarray:
         out = np.full((len(users), k), -1, dtype=np.int64)
@@ -343,10 +356,12 @@ def main() -> int:
 
     def measure(recs: np.ndarray) -> tuple[float, float]:
         found = metrics.ranking_metrics(recs, relevant, (k,))
-        return found[f"ndcg@{k}"], metrics.intra_list_diversity(recs, model.item_content, k)
+        if args.space == "category":
+            return found[f"ndcg@{k}"], metrics.category_diversity(recs, categories, k)
+        return found[f"ndcg@{k}"], metrics.intra_list_diversity(recs, unit, k)
 
     rows = [(f"no re-ranking ({args.pipeline})", measure(lists(lambda row, rel, sims: np.arange(k)))),
-            (f"served (hybrid_mmr, lambda {stage.params.lambda_weight}, keep_top {keep_top})", measure(served))]
+            (f"served ({args.served}, lambda {stage.params.lambda_weight}, keep_top {keep_top})", measure(served))]
     for lam in args.lambdas:
         rows.append((f"mmr lambda={lam}", measure(lists(lambda row, rel, sims: greedy_mmr(rel, sims, lam, keep_top, k)))))
     for beta in args.betas:

@@ -243,7 +243,8 @@ def _cmd_tune(args: argparse.Namespace) -> int:
              f"mmr shape {result['mmr_shape'] or 'unchanged'}, "
              if result["structure"] else "") +
           f"events.weights {training['events']['weights']}, weights {result['weights']}, "
-          f"mmr lambda {result['mmr_lambda']}")
+          + (f"mmr lambda {result['mmr_lambda']}" if len(result["mmr"]) <= 1 else
+             "mmr lambda " + ", ".join(f"{name} {entry['lambda']}" for name, entry in result["mmr"].items())))
     print(f"wrote {args.out}")
     if journal is not None:
         reused = sum(bool(t.get("journal")) for t in result["trials"])

@@ -316,12 +316,18 @@ def evaluate(data: str | Path, config_path: str | Path, split: str = "random", t
             pipeline_sources = {p: service.state.config.pipelines[p].sources for p in names}
             report["best"] = max(names, key=lambda p: report["pipelines"][p]["metrics"].get("ndcg@10", 0.0))
             with_mmr = [p for p in names if mmr_stage(service.state.config.pipelines[p]) is not None]
-            if with_mmr and lambdas:
-                default = mmr_stage(service.state.config.pipelines[with_mmr[0]]).params.lambda_weight
+            for pipeline in with_mmr if lambdas else ():  # one curve per MMR pipeline
+                default = mmr_stage(service.state.config.pipelines[pipeline]).params.lambda_weight
                 curve = sorted({*lambdas, default}, reverse=True)  # the configured lambda is always a point
-                say(f"MMR curve of {with_mmr[0]} over lambda {', '.join(str(x) for x in curve)}")
-                report["mmr_curve"] = {"pipeline": with_mmr[0], "default_lambda": default,
-                                       "points": mmr_curve(service, with_mmr[0], users, relevant, curve)}
+                say(f"MMR curve of {pipeline} over lambda {', '.join(str(x) for x in curve)}")
+                stage = mmr_stage(service.state.config.pipelines[pipeline])
+                by_category = stage.params.similarity == "category" and model.item_categories is not None
+                report.setdefault("mmr_curves", []).append(
+                    {"pipeline": pipeline, "default_lambda": default,
+                     "diversity": "category_ild@10" if by_category else "ild@10",  # the space MMR works in
+                     "points": mmr_curve(service, pipeline, users, relevant, curve)})
+            if report.get("mmr_curves"):
+                report["mmr_curve"] = report["mmr_curves"][0]  # the first MMR pipeline's, as before
         if cold_start:
             # content is the only way to reach a held-out item: use the best pipeline that has it
             with_content = [p for p in sorted(names, key=lambda p: -report["pipelines"][p]["metrics"].get("ndcg@10", 0.0))

@@ -8,6 +8,7 @@ import json
 import math
 import numbers
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -49,24 +50,33 @@ def write_reports(out_dir: str | Path, report: dict) -> dict[str, Path]:
     """Write ``report.json``, ``report.md`` and PNG charts into ``out_dir`` (created).
 
     Returns the written paths under the keys ``json``, ``markdown``, ``metrics_png`` and,
-    when the report has an MMR curve, ``mmr_png``.
+    for each MMR curve, ``mmr_png`` (the first) and ``mmr_tradeoff_<pipeline>_png`` (the others).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     k = main_k(report)
     paths = {"json": out / "report.json", "markdown": out / "report.md", "metrics_png": out / "metrics.png"}
-    points = (report.get("mmr_curve") or {}).get("points") or []
-    if points:
-        paths["mmr_png"] = out / "mmr_tradeoff.png"
+    curves = {key: curve for key, curve in mmr_curve_keys(report)}
+    for key in curves:
+        paths[key] = out / ("mmr_tradeoff.png" if key == "mmr_png" else f"{key[:-4]}.png")
 
     paths["json"].write_text(json.dumps(report, indent=2, sort_keys=True, default=_json_default) + "\n",
                              encoding="utf-8")
     plot_metrics(report.get("pipelines") or {}, k, paths["metrics_png"])
-    if points:
-        plot_mmr_tradeoff(report["mmr_curve"], paths["mmr_png"])
+    for key, curve in curves.items():
+        plot_mmr_tradeoff(curve, paths[key])
     charts = {key: path.name for key, path in paths.items() if key.endswith("_png")}
     paths["markdown"].write_text(render_markdown(report, charts), encoding="utf-8")
     return paths
+
+
+def mmr_curve_keys(report: dict) -> list[tuple[str, dict]]:
+    """(chart key, curve) of each MMR curve with points: ``mmr_png`` for the first (the report's
+    ``mmr_curve``), ``mmr_tradeoff_<pipeline>_png`` for the others in ``mmr_curves``."""
+    curves = report.get("mmr_curves") or ([report["mmr_curve"]] if report.get("mmr_curve") else [])
+    found = [curve for curve in curves if (curve or {}).get("points")]
+    return [("mmr_png" if i == 0 else f"mmr_tradeoff_{re.sub(r'[^A-Za-z0-9.-]', '_', str(curve.get('pipeline', i)))}_png",
+             curve) for i, curve in enumerate(found)]
 
 
 def report_ks(report: dict) -> list[int]:
@@ -103,7 +113,7 @@ def render_markdown(report: dict, charts: dict[str, str] | None = None) -> str:
         _overview(report, k),
         _main_table(report.get("pipelines") or {}, k, charts.get("metrics_png")),
         _all_metrics_table(report.get("pipelines") or {}, report_ks(report) or [k]),
-        _mmr_section(report.get("mmr_curve"), charts.get("mmr_png")),
+        *(_mmr_section(curve, charts.get(key)) for key, curve in mmr_curve_keys(report)),
         _cold_items_section(report.get("cold_start_items")),
         _cold_users_section(report.get("cold_start_users"), k),
         _charts_section(charts),
@@ -289,7 +299,7 @@ def plot_mmr_tradeoff(curve: dict, path: Path) -> Path:
     """NDCG (x) against intra-list diversity (y) for each MMR λ, points labelled with λ."""
     points = curve.get("points") or []
     ndcg_key = _curve_key(points, "ndcg@")
-    ild_key = _curve_key(points, "ild@")
+    ild_key = curve.get("diversity") or _curve_key(points, "ild@")  # the space the stage diversifies over
     x = [float(p.get(ndcg_key, float("nan"))) for p in points]
     y = [float(p.get(ild_key, float("nan"))) for p in points]
     figure = _new_figure(6.5, 4.8)

@@ -262,6 +262,7 @@ def tune(data: str | Path, base_config: str | Path, out_path: str | Path, pipeli
                     best, config = score, candidate
         # blend weights need no retraining: one model, many scorers
         weights, prior, chosen_lambda, mmr_shape = None, None, None, None
+        mmr: dict[str, tuple[float | None, tuple[str, int] | None]] = {}  # pipeline -> (lambda, shape)
         with contextlib.ExitStack() as stack:
             services = [stack.enter_context(trained(sub, ~valid, items_csv, config, base_config, workdir,
                                                     f"tune-weights-{f}")) for f, valid in enumerate(valids)]
@@ -321,20 +322,23 @@ def tune(data: str | Path, base_config: str | Path, out_path: str | Path, pipeli
             if prior is not None:
                 best = prior[2]
                 prior = prior[:2]
-            del batches  # the MMR pipeline gathers its own
-            mmr_pipeline = mmr_pipeline or next(
-                (p for p, obj in services[0].state.config.pipelines.items() if mmr_stage(obj) is not None), None)
-            if mmr_pipeline:
-                chosen_lambda, mmr_shape = _tune_mmr(services, mmr_pipeline, weights, lists, trials, say, prior,
-                                                     normalise, SEARCH_MMR_SHAPES if structure else ())
-    tuned = apply_tuned(raw, config, pipeline, mmr_pipeline, weights, chosen_lambda, prior, normalise, mmr_shape)
+            del batches  # each MMR pipeline gathers its own
+            names = [mmr_pipeline] if mmr_pipeline else mmr_pipelines_of(raw, pipeline, services[0].state.config.pipelines)
+            for name in names:
+                if len(names) > 1:
+                    say(f"  MMR of pipeline {name}:")
+                mmr[name] = _tune_mmr(services, name, weights, lists, trials, say, prior, normalise,
+                                      SEARCH_MMR_SHAPES if structure else ())
+            if names:
+                chosen_lambda, mmr_shape = mmr[names[0]]
+    tuned = apply_tuned(raw, config, pipeline, mmr, weights, prior, normalise)
     header = (f"# Tuned by `hybridrec tune` from {base_config.name} on {Path(data).name}: validation "
               f"ndcg@10 {best:.4f} ({len(trials)} trials; {folds} folds of {valid_ratio:g} of each user's "
               f"training items, seed {seed}).\n")
     Path(out_path).write_text(header + yaml.safe_dump(tuned, sort_keys=False, default_flow_style=None, width=110))
     return {"validation_ndcg@10": best, "training": config.to_dict(), "weights": weights,
-            "prior": prior, "normalise": normalise, "mmr_lambda": chosen_lambda,
-            "mmr_shape": None if mmr_shape is None else {"redundancy": mmr_shape[0], "keep_top": mmr_shape[1]},
+            "prior": prior, "normalise": normalise, "mmr_lambda": chosen_lambda, "mmr_shape": _shape_dict(mmr_shape),
+            "mmr": {name: {"lambda": lam, "shape": _shape_dict(shape)} for name, (lam, shape) in mmr.items()},
             "trials": trials, "folds": folds, "valid_ratio": valid_ratio,
             "validation_rows": [int(valid.sum()) for valid in valids], "structure": structure,
             "seconds": round(time.perf_counter() - started, 1)}
@@ -446,12 +450,38 @@ def _tune_mmr(services, name: str, weights, lists, trials: list, say, prior: tup
     return pick[1], (None if pick[0] == own else pick[0])
 
 
-def apply_tuned(raw: dict, config: TrainingConfig, pipeline: str, mmr_pipeline: str | None,
-                weights: dict | None, lam: float | None, prior: tuple[float, float] | None = None,
-                normalise: str | None = None, mmr_shape: tuple[str, int] | None = None) -> dict:
+def _shape_dict(shape: tuple[str, int] | None) -> dict[str, Any] | None:
+    return None if shape is None else {"redundancy": shape[0], "keep_top": shape[1]}
+
+
+def _scorer_plugin(spec: Any) -> Any:
+    return spec.get("plugin") if isinstance(spec, dict) else spec
+
+
+def mmr_pipelines_of(raw: dict, pipeline: str, pipelines: dict[str, Any]) -> list[str]:
+    """The pipelines whose MMR lambda `tune` sets: those with an MMR stage that are `pipeline`
+    plus re-rankers (the same candidates, filters and scorer plugin in the YAML), so the blend,
+    normalisation and prior tuned for `pipeline` fit them too. Others are left as configured."""
+    specs = raw.get("pipelines") or {}
+    own = specs.get(pipeline) or {}
+
+    def same_base(spec: dict) -> bool:
+        return (spec.get("candidates") == own.get("candidates") and spec.get("filters") == own.get("filters")
+                and _scorer_plugin(spec.get("scorer")) == _scorer_plugin(own.get("scorer")))
+
+    return [name for name, obj in pipelines.items()
+            if mmr_stage(obj) is not None and (name == pipeline or same_base(specs.get(name) or {}))]
+
+
+def apply_tuned(raw: dict, config: TrainingConfig, pipeline: str,
+                mmr: dict[str, tuple[float | None, tuple[str, int] | None]], weights: dict | None,
+                prior: tuple[float, float] | None = None, normalise: str | None = None) -> dict:
+    """The base YAML with the tuned training config, the blend, normalisation and prior in
+    `pipeline` and each tuned MMR pipeline, and each MMR pipeline's own lambda and shape."""
     tuned = copy.deepcopy(raw)
     tuned["training"] = config.to_dict()
-    for name in {pipeline, mmr_pipeline} - {None}:
+    for name in {pipeline, *mmr}:
+        lam, mmr_shape = mmr.get(name, (None, None))
         spec = tuned.get("pipelines", {}).get(name)
         if not isinstance(spec, dict):
             continue

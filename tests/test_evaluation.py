@@ -1,6 +1,7 @@
 """`evaluate` and `tune` run the serving pipelines in-process and report measured figures."""
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from hybridrec.server.pipeline import Pipeline, load_serving_config
 from hybridrec.server.plugin_manager import Plugins
 from hybridrec.server.service import RecommenderService
 from hybridrec.server.tuning import (Journal, MIN_GAIN, MMR_LAMBDAS, MMR_PATIENCE, SEARCH_CONTENT_DIMS, SEARCH_DLAE_DROPOUT,
-                                     SEARCH_MMR_SHAPES, SEARCH_NORMALISE, SEARCH_PRIOR, apply_tuned, tune,
+                                     SEARCH_MMR_SHAPES, SEARCH_NORMALISE, SEARCH_PRIOR, apply_tuned, mmr_pipelines_of, tune,
                                      weight_grid)
 
 from .conftest import DEFAULT_CONFIG, REPO, shared_dataset
@@ -54,6 +55,7 @@ def test_report_has_every_pipeline_and_metric(demo_report: dict) -> None:
 def test_mmr_curve_trades_accuracy_for_diversity(demo_report: dict) -> None:
     curve = demo_report["mmr_curve"]
     assert curve["pipeline"] == "hybrid" and curve["default_lambda"] == 0.7
+    assert curve["diversity"] == "ild@10" and demo_report["mmr_curves"] == [curve]  # content MMR, one curve
     points = {p["lambda"]: p for p in curve["points"]}
     assert list(points) == [1.0, 0.7, 0.5, 0.2]  # the configured 0.7 joins the asked lambdas, in order
     assert points[0.7]["ndcg@10"] == pytest.approx(demo_report["pipelines"]["hybrid"]["metrics"]["ndcg@10"])
@@ -262,6 +264,38 @@ def test_tune_refuses_an_output_it_could_not_write_before_reading_data(tmp_path:
     assert (tmp_path / "new").is_dir()
 
 
+def test_tune_sets_the_lambda_of_each_mmr_pipeline_built_on_the_tuned_one(demo_dir: Path, tmp_path: Path) -> None:
+    raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    by_category = copy.deepcopy(raw["pipelines"]["hybrid"])  # the same base, diversified over categories
+    by_category["rerankers"][0]["params"].update(similarity="category", redundancy="mean")
+    cf_mmr = copy.deepcopy(raw["pipelines"]["cf"])  # another base: its scorer is not the tuned one's
+    cf_mmr["rerankers"] = [{"plugin": "mmr", "params": {"lambda_weight": 0.55}}]
+    raw["pipelines"].update(by_category=by_category, cf_mmr=cf_mmr)
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump(raw, sort_keys=False))
+    pipelines = load_serving_config(base, Plugins()).pipelines
+    assert mmr_pipelines_of(raw, "hybrid_no_mmr", pipelines) == ["hybrid", "by_category"]
+    assert mmr_pipelines_of(raw, "cf", pipelines) == ["cf_mmr"]
+    out = tmp_path / "tuned.yaml"
+    result = tune(demo_dir, base, out, pipeline="hybrid_no_mmr", folds=1, valid_ratio=0.2)
+    assert set(result["mmr"]) == {"hybrid", "by_category"}
+    assert result["mmr_lambda"] == result["mmr"]["hybrid"]["lambda"]
+    tuned = yaml.safe_load(out.read_text())
+    for name in ("hybrid", "by_category"):
+        params = tuned["pipelines"][name]["rerankers"][0]["params"]
+        assert params["lambda_weight"] == result["mmr"][name]["lambda"]
+        if result["weights"]:
+            assert tuned["pipelines"][name]["scorer"]["params"]["weights"] == result["weights"]
+    assert tuned["pipelines"]["by_category"]["rerankers"][0]["params"]["similarity"] == "category"
+    assert tuned["pipelines"]["cf_mmr"] == raw["pipelines"]["cf_mmr"]  # left as configured
+    # each sweep measures diversity in its own stage's space: content for one, categories for the other
+    sweeps = [t for t in result["trials"] if t["trial"].startswith("mmr lambda")]
+    by_content = [t for t in sweeps if "ild@10" in t]
+    by_categories = [t for t in sweeps if "category_ild@10" in t]
+    assert by_content and by_categories and len(by_content) + len(by_categories) == len(sweeps)
+    assert by_content[0]["trial"] == by_categories[0]["trial"] == f"mmr lambda {MMR_LAMBDAS[0]}"  # two sweeps
+
+
 def test_the_movielens_config_is_the_untuned_one_with_only_the_searched_values_changed() -> None:
     # the README says movielens-100k.yaml is `tune`'s output from the untuned config: the two may
     # differ only where `tune` writes (searched training fields, blend, prior and MMR lambda)
@@ -273,9 +307,12 @@ def test_the_movielens_config_is_the_untuned_one_with_only_the_searched_values_c
         setattr(getattr(untuned, section), field, getattr(getattr(tuned, section), field))
     assert untuned == tuned
     scorer = tuned_raw["pipelines"]["hybrid"]["scorer"]["params"]
-    lam = tuned_raw["pipelines"]["hybrid_mmr"]["rerankers"][0]["params"]["lambda_weight"]
-    rebuilt = apply_tuned(untuned_raw, tuned, "hybrid", "hybrid_mmr", scorer["weights"], lam,
-                     (scorer["prior_weight"], scorer["prior_items"]))
+    pipelines = load_serving_config(UNTUNED_CONFIG, Plugins()).pipelines
+    mmr = {name: (tuned_raw["pipelines"][name]["rerankers"][0]["params"]["lambda_weight"], None)
+           for name in mmr_pipelines_of(untuned_raw, "hybrid", pipelines)}
+    assert "hybrid_mmr" in mmr
+    rebuilt = apply_tuned(untuned_raw, tuned, "hybrid", mmr, scorer["weights"],
+                          (scorer["prior_weight"], scorer["prior_items"]))
     assert rebuilt["pipelines"] == tuned_raw["pipelines"] and rebuilt["server"] == tuned_raw["server"]
     for path in (MOVIELENS_CONFIG, UNTUNED_CONFIG):
         assert set(load_serving_config(path, Plugins()).pipelines) == set(tuned_raw["pipelines"])

@@ -64,6 +64,23 @@ def test_full_report_writes_every_file(tmp_path: Path) -> None:
     assert_png(paths["mmr_png"])
 
 
+def test_a_curve_per_mmr_pipeline(tmp_path: Path) -> None:
+    report = full_report()
+    by_genre = {"pipeline": "hybrid mmr/genres", "default_lambda": 0.4, "points": [
+        {"lambda": 1.0, "ndcg@10": 0.49, "ild@10": 0.50, "category_ild@10": 0.61},
+        {"lambda": 0.4, "ndcg@10": 0.46, "ild@10": 0.55, "category_ild@10": 0.73}]}
+    report["mmr_curves"] = [report["mmr_curve"], by_genre]
+    paths = write_reports(tmp_path, report)
+    # the first keeps its file name; another's is named after its pipeline, made safe for a path
+    assert paths["mmr_png"] == tmp_path / "mmr_tradeoff.png"
+    assert paths["mmr_tradeoff_hybrid_mmr_genres_png"] == tmp_path / "mmr_tradeoff_hybrid_mmr_genres.png"
+    assert_png(paths["mmr_tradeoff_hybrid_mmr_genres_png"])
+    text = paths["markdown"].read_text(encoding="utf-8")
+    assert "## MMR trade-off: hybrid_mmr" in text and "## MMR trade-off: hybrid mmr/genres" in text
+    assert "| 0.4 (default) | 0.4600 | 0.5500 | 0.7300 |" in text
+    assert "](mmr_tradeoff_hybrid_mmr_genres.png)" in text
+
+
 def test_minimal_report_has_no_mmr_chart(tmp_path: Path) -> None:
     paths = write_reports(tmp_path, minimal_report())
     assert set(paths) == {"json", "markdown", "metrics_png"}
