@@ -199,8 +199,9 @@ def rank_hit_rate(pools: list[np.ndarray], relevant: list[np.ndarray], pool: int
     return hits / max(len(pools), 1)
 
 
-def print_hit_rates(pools: list[np.ndarray], relevant: list[np.ndarray], unit: np.ndarray, pool: int) -> None:
-    """Hit rate of pool ranks 5-50 by rank band and by mean content similarity to the top 4."""
+def print_hit_rates(pools: list[np.ndarray], relevant: list[np.ndarray], unit: np.ndarray, pool: int,
+                    space: str = "content") -> None:
+    """Hit rate of pool ranks 5-50 by rank band and by mean similarity (in `space`) to the top 4."""
     bands = [(4, 10), (10, 20), (20, 30), (30, 40), (40, pool)]
     edges = (0.25, 0.5)
     counts = np.zeros((len(bands), len(edges) + 1, 2))
@@ -217,7 +218,7 @@ def print_hit_rates(pools: list[np.ndarray], relevant: list[np.ndarray], unit: n
             low = group[lo:hi] == 0
             if low.any() and not low.all():
                 within[b].append(hit[lo:hi][low].mean() - hit[lo:hi][~low].mean())
-    print("hit rate by pool rank and by mean content similarity to the top 4 (items in brackets), pooled over")
+    print(f"hit rate by pool rank and by mean {space} similarity to the top 4 (items in brackets), pooled over")
     print("users; then the same difference within users who have both kinds of item at those ranks")
     print(f"{'ranks':<8} {'< 0.25':>16} {'0.25-0.5':>16} {'>= 0.5':>16}   {'within users: < 0.25 minus >= 0.25':>36}")
     for b, (lo, hi) in enumerate(bands):
@@ -419,7 +420,7 @@ def main() -> int:
                          ("user, an oracle", np.arange(len(users)))):
         rows.append((f"mmr lambda per {name} (reads test)", allocate(ndcg_grid, ild_grid, groups, 0.95)))
     base_ndcg, base_ild = rows[0][1]
-    print_hit_rates(pools, relevant, unit, args.pool)
+    print_hit_rates(pools, relevant, unit, args.pool, args.space)
     print_within_user_fit(pools, relevant, near, unit)
     # would a more accurate model trade better? relevance lifted by eps for every test item in the
     # pool (reads test): base and MMR both use it, so each eps is compared with its own no-MMR list

@@ -238,6 +238,9 @@ def build_index(vectors: np.ndarray, factory: str, what: str, params: dict[str, 
     return indexes.build_index(vectors, factory, what, params, queries, seed)[0]
 
 
+MAX_ITEM_CATEGORIES = 32  # categories kept per item
+
+
 def category_table(catalogue: Catalogue, field: str | None, n_items: int) -> tuple[np.ndarray, np.ndarray] | None:
     """Each item's categories from a '|'-separated column: (items x widest) codes, -1 padded, and
     the category names the codes index (sorted). None when the column is absent or empty."""
@@ -248,6 +251,11 @@ def category_table(catalogue: Catalogue, field: str | None, n_items: int) -> tup
     names = sorted({c for cats in per_item for c in cats})
     if not names:
         return None
+    crowded = sum(len(cats) > MAX_ITEM_CATEGORIES for cats in per_item)
+    if crowded:  # the table is items x widest: one item with thousands must not make it huge
+        log.warning("items: %d items have more than %d categories in %r; only their first %d (sorted) are kept",
+                    crowded, MAX_ITEM_CATEGORIES, field, MAX_ITEM_CATEGORIES)
+        per_item = [cats[:MAX_ITEM_CATEGORIES] for cats in per_item]
     code = {name: i for i, name in enumerate(names)}
     table = np.full((n_items, max(len(cats) for cats in per_item)), -1, dtype=np.int32)
     for row, cats in enumerate(per_item):

@@ -545,3 +545,19 @@ def test_item_categories_are_stored_from_the_category_field(tmp_path: Path) -> N
     path.write_text("training:\n  content:\n    category_field: ''\n")
     with pytest.raises(ConfigError, match=r"c\.yaml: training\.content\.category_field: must be a column name or null"):
         load_training_config(path)
+
+
+def test_category_table_keeps_a_bounded_number_per_item(caplog: pytest.LogCaptureFixture) -> None:
+    from hybridrec.server.data import Catalogue
+    from hybridrec.server.training import MAX_ITEM_CATEGORIES, category_table
+
+    many = "|".join(f"c{i:03d}" for i in range(MAX_ITEM_CATEGORIES + 5))
+    catalogue = Catalogue(item_ids=["a", "b"], columns={"category": [many, "c000|x"]}, report={})
+    with caplog.at_level(logging.WARNING, logger="hybridrec"):
+        table, names = category_table(catalogue, "category", 3)  # a third item only in the events
+    assert table.shape == (3, MAX_ITEM_CATEGORIES)
+    assert [names[c] for c in table[0]] == [f"c{i:03d}" for i in range(MAX_ITEM_CATEGORIES)]
+    assert [names[c] for c in table[1] if c >= 0] == ["c000", "x"] and (table[2] == -1).all()
+    assert "1 items have more than 32 categories" in caplog.text
+    assert category_table(catalogue, "genre", 3) is None  # no such column
+    assert category_table(Catalogue(["a"], {"category": [" | "]}, {}), "category", 1) is None  # all empty
