@@ -61,6 +61,12 @@ def load_state(model_dir: str | Path, config_path: str | Path, plugins: Plugins 
     plugins = plugins or Plugins()
     config = load_serving_config(config_path, plugins)
     model = plain_arrays(load_model(model_dir, mmap=mmap))
+    for name, pipeline in config.pipelines.items():
+        for stage in pipeline.rerankers:
+            if getattr(stage.params, "similarity", None) == "category" and model.item_categories is None:
+                log.warning("pipeline %s: re-ranker %s diversifies over categories, but the model %s has none "
+                            "(its items had no content.category_field column); it uses content similarity",
+                            name, stage.name, model_dir)
     return ServingState(model=model, config=config, precomputed=load_tables(model, config) if precomputed else {})
 
 

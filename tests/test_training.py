@@ -561,3 +561,22 @@ def test_category_table_keeps_a_bounded_number_per_item(caplog: pytest.LogCaptur
     assert "1 items have more than 32 categories" in caplog.text
     assert category_table(catalogue, "genre", 3) is None  # no such column
     assert category_table(Catalogue(["a"], {"category": [" | "]}, {}), "category", 1) is None  # all empty
+
+
+def test_serving_category_mmr_with_a_model_without_categories_is_warned(tiny: tuple[Path, Path], tmp_path: Path,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    from hybridrec.server.app import load_state
+
+    events, items = tiny
+    config = tiny_config()
+    config.content.category_field = None
+    train(events, items, config, tmp_path / "model")
+    path = tmp_path / "serve.yaml"
+    path.write_text("pipelines:\n  diverse:\n    candidates: [{plugin: popularity}]\n"
+                    "    scorer: {plugin: weighted_hybrid, params: {weights: {popularity: 1.0}}}\n"
+                    "    rerankers: [{plugin: mmr, params: {similarity: category}}]\n")
+    with caplog.at_level(logging.WARNING, logger="hybridrec"):
+        state = load_state(tmp_path / "model", path)
+    assert state.model.item_categories is None
+    assert "pipeline diverse: re-ranker mmr diversifies over categories" in caplog.text
+    assert "it uses content similarity" in caplog.text
