@@ -245,6 +245,8 @@ def category_table(catalogue: Catalogue, field: str | None, n_items: int) -> tup
     """Each item's categories from a '|'-separated column: (items x widest) codes, -1 padded, and
     the category names the codes index (sorted). None when the column is absent or empty."""
     values = catalogue.columns.get(field) if field else None
+    if field and values is None:
+        log.info("items: no %r column (content.category_field); no categories stored", field)
     if not values:
         return None
     per_item = [sorted({c.strip() for c in text.split("|") if c.strip()}) for text in values]

@@ -559,7 +559,9 @@ def test_category_table_keeps_a_bounded_number_per_item(caplog: pytest.LogCaptur
     assert [names[c] for c in table[0]] == [f"c{i:03d}" for i in range(MAX_ITEM_CATEGORIES)]
     assert [names[c] for c in table[1] if c >= 0] == ["c000", "x"] and (table[2] == -1).all()
     assert "1 items have more than 32 categories" in caplog.text
-    assert category_table(catalogue, "genre", 3) is None  # no such column
+    with caplog.at_level(logging.INFO, logger="hybridrec"):
+        assert category_table(catalogue, "genre", 3) is None  # no such column ...
+    assert "no 'genre' column (content.category_field); no categories stored" in caplog.text  # ... said
     assert category_table(Catalogue(["a"], {"category": [" | "]}, {}), "category", 1) is None  # all empty
 
 
