@@ -186,12 +186,12 @@ def mmr_stage(pipeline: Pipeline):
     return next((r for r in pipeline.rerankers if r.plugin_name == "mmr"), None)
 
 
-def diversity_of(stage, model) -> Callable[[np.ndarray, int], float]:
-    """ILD@k in the space an MMR stage diversifies over: category sets with `similarity:
-    category` (when the model has them), else content embeddings."""
+def diversity_of(stage, model) -> tuple[str, Callable[[np.ndarray, int], float]]:
+    """The name (at k=10) and function of ILD@k in the space an MMR stage diversifies over:
+    category sets (`similarity: category` and a model that has them), else content embeddings."""
     if stage.params.similarity == "category" and model.item_categories is not None:
-        return lambda recs, k: metrics.category_diversity(recs, model.item_categories, k)
-    return lambda recs, k: metrics.intra_list_diversity(recs, model.item_content, k)
+        return "category_ild@10", lambda recs, k: metrics.category_diversity(recs, model.item_categories, k)
+    return "ild@10", lambda recs, k: metrics.intra_list_diversity(recs, model.item_content, k)
 
 
 def mmr_curve(service: RecommenderService, name: str, users: list[str], relevant: list[np.ndarray],
@@ -317,14 +317,13 @@ def evaluate(data: str | Path, config_path: str | Path, split: str = "random", t
             report["best"] = max(names, key=lambda p: report["pipelines"][p]["metrics"].get("ndcg@10", 0.0))
             with_mmr = [p for p in names if mmr_stage(service.state.config.pipelines[p]) is not None]
             for pipeline in with_mmr if lambdas else ():  # one curve per MMR pipeline
-                default = mmr_stage(service.state.config.pipelines[pipeline]).params.lambda_weight
+                stage = mmr_stage(service.state.config.pipelines[pipeline])
+                default = stage.params.lambda_weight
                 curve = sorted({*lambdas, default}, reverse=True)  # the configured lambda is always a point
                 say(f"MMR curve of {pipeline} over lambda {', '.join(str(x) for x in curve)}")
-                stage = mmr_stage(service.state.config.pipelines[pipeline])
-                by_category = stage.params.similarity == "category" and model.item_categories is not None
                 report.setdefault("mmr_curves", []).append(
                     {"pipeline": pipeline, "default_lambda": default,
-                     "diversity": "category_ild@10" if by_category else "ild@10",  # the space MMR works in
+                     "diversity": diversity_of(stage, model)[0],  # the space the stage works in
                      "points": mmr_curve(service, pipeline, users, relevant, curve)})
             if report.get("mmr_curves"):
                 report["mmr_curve"] = report["mmr_curves"][0]  # the first MMR pipeline's, as before

@@ -324,11 +324,9 @@ def tune(data: str | Path, base_config: str | Path, out_path: str | Path, pipeli
                 prior = prior[:2]
             del batches  # each MMR pipeline gathers its own
             names = [mmr_pipeline] if mmr_pipeline else mmr_pipelines_of(raw, pipeline, services[0].state.config.pipelines)
-            for name in names:
-                if len(names) > 1:
-                    say(f"  MMR of pipeline {name}:")
+            for name in names:  # with several, each trial and line names its pipeline
                 mmr[name] = _tune_mmr(services, name, weights, lists, trials, say, prior, normalise,
-                                      SEARCH_MMR_SHAPES if structure else ())
+                                      SEARCH_MMR_SHAPES if structure else (), f"{name}: " if len(names) > 1 else "")
             if names:
                 chosen_lambda, mmr_shape = mmr[names[0]]
     tuned = apply_tuned(raw, config, pipeline, mmr, weights, prior, normalise)
@@ -391,7 +389,7 @@ def _tune_prior(batches, pipes, lists, pipeline: str, trials: list, say, cold) -
 
 
 def _tune_mmr(services, name: str, weights, lists, trials: list, say, prior: tuple[float, float] | None = None,
-              normalise: str | None = None, shapes: Sequence[tuple[str, int]] = ()
+              normalise: str | None = None, shapes: Sequence[tuple[str, int]] = (), label_prefix: str = ""
               ) -> tuple[float | None, tuple[str, int] | None]:
     """The most diverse MMR lambda whose ndcg@10, averaged over the folds, stays within
     MMR_MAX_NDCG_LOSS of the same pipeline without MMR (lambda 1), and the stage's shape
@@ -411,8 +409,8 @@ def _tune_mmr(services, name: str, weights, lists, trials: list, say, prior: tup
     batches = [Gathered(service, name, users, 10) for service, (users, _) in zip(services, lists)]
 
     # ILD in the space the stage diversifies over: content embeddings, or category sets
-    diversity = [diversity_of(stage, service.state.model) for service, stage in zip(services, stages)]
-    ild_key = "category_ild@10" if stages[0].params.similarity == "category" else "ild@10"
+    ild_key = diversity_of(stages[0], services[0].state.model)[0]
+    diversity = [diversity_of(stage, service.state.model)[1] for service, stage in zip(services, stages)]
 
     def run(lam: float) -> tuple[float, float]:
         ndcg, ild = [], []
@@ -431,7 +429,8 @@ def _tune_mmr(services, name: str, weights, lists, trials: list, say, prior: tup
         chosen, chosen_ild, misses = 1.0, 0.0, 0
         for lam in MMR_LAMBDAS:
             ndcg, ild = run(lam)
-            label = f"mmr {shape[0]} keep_top {shape[1]} lambda {lam}" if shapes else f"mmr lambda {lam}"
+            label = label_prefix + (f"mmr {shape[0]} keep_top {shape[1]} lambda {lam}" if shapes
+                                    else f"mmr lambda {lam}")
             trials.append({"trial": label, "ndcg@10": round(ndcg, 5), ild_key: round(ild, 5)})
             if ndcg >= (1 - MMR_MAX_NDCG_LOSS) * base:
                 chosen, chosen_ild, misses = lam, ild, 0
@@ -441,11 +440,12 @@ def _tune_mmr(services, name: str, weights, lists, trials: list, say, prior: tup
                     break
         found.append((shape, chosen, chosen_ild))
         if shapes:
-            say(f"  MMR {shape[0]} keep_top {shape[1]}: lambda {chosen}, validation {ild_key} {chosen_ild:.4f}")
+            say(f"  {label_prefix}MMR {shape[0]} keep_top {shape[1]}: lambda {chosen}, validation {ild_key} "
+                f"{chosen_ild:.4f}")
     pick = max(found, key=lambda row: row[2])
     if pick[2] <= found[0][2] * (1 + MIN_GAIN):
         pick = found[0]
-    say(f"  MMR lambda {pick[1]}" + (f", {pick[0][0]} redundancy, keep_top {pick[0][1]}" if shapes else "")
+    say(f"  {label_prefix}MMR lambda {pick[1]}" + (f", {pick[0][0]} redundancy, keep_top {pick[0][1]}" if shapes else "")
         + f": the most diverse within {MMR_MAX_NDCG_LOSS:.0%} of no-MMR ndcg@10")
     return pick[1], (None if pick[0] == own else pick[0])
 

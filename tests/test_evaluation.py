@@ -289,11 +289,13 @@ def test_tune_sets_the_lambda_of_each_mmr_pipeline_built_on_the_tuned_one(demo_d
     assert tuned["pipelines"]["by_category"]["rerankers"][0]["params"]["similarity"] == "category"
     assert tuned["pipelines"]["cf_mmr"] == raw["pipelines"]["cf_mmr"]  # left as configured
     # each sweep measures diversity in its own stage's space: content for one, categories for the other
-    sweeps = [t for t in result["trials"] if t["trial"].startswith("mmr lambda")]
-    by_content = [t for t in sweeps if "ild@10" in t]
-    by_categories = [t for t in sweeps if "category_ild@10" in t]
+    sweeps = [t for t in result["trials"] if "mmr lambda" in t["trial"]]
+    by_content = [t for t in sweeps if t["trial"].startswith("hybrid: mmr lambda")]
+    by_categories = [t for t in sweeps if t["trial"].startswith("by_category: mmr lambda")]
     assert by_content and by_categories and len(by_content) + len(by_categories) == len(sweeps)
-    assert by_content[0]["trial"] == by_categories[0]["trial"] == f"mmr lambda {MMR_LAMBDAS[0]}"  # two sweeps
+    assert all("ild@10" in t and "category_ild@10" not in t for t in by_content)
+    assert all("category_ild@10" in t and "ild@10" not in t for t in by_categories)
+    assert by_categories[0]["trial"] == f"by_category: mmr lambda {MMR_LAMBDAS[0]}"
 
 
 def test_the_movielens_config_is_the_untuned_one_with_only_the_searched_values_changed() -> None:
