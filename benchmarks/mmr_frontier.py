@@ -10,6 +10,8 @@ seed 42), takes each user's top `--pool` items of the `hybrid` pipeline with the
 - `set search beta=B`: the 10-item set that locally maximises sum(discount x relevance, best
   first) + B x ILD, by swapping one item at a time from the top 10 until no swap helps (the list
   is the set in relevance order, which is best for NDCG and does not change ILD);
+- `mmr swap lambda=L`: the MMR stage's `search: swap`: greedy MMR's picks at L (the served
+  `keep_top`), then the set search from them, weighing relevance and ILD by L and 1 - L;
 - `mmr by history`: greedy MMR whose lambda grows with the user's history length (users with few
   ratings diversified more: on this split their lists gain the most ILD per NDCG lost);
 - `mmr pool=P`: the same greedy MMR over deeper pools (`--deep-pools 100 200`): do more relevant
@@ -117,28 +119,11 @@ def dpp_greedy(relevance: np.ndarray, sims: np.ndarray, alpha: float, keep_top: 
 
 
 def set_search(relevance: np.ndarray, sims: np.ndarray, beta: float, k: int, discount: np.ndarray) -> np.ndarray:
-    """Local search over k-subsets of the pool for sum(discount x sorted relevance) + beta x ILD."""
-    pool = relevance.shape[0]
-    chosen = np.arange(k)
-    pairs = k * (k - 1)
+    """Local search over k-subsets of the pool for sum(discount x sorted relevance) + beta x ILD,
+    from the top k: the MMR stage's `search: swap` at the lambda that weighs the two terms so."""
+    from hybridrec.plugins.rerankers import swap_search
 
-    def objective(sets: np.ndarray) -> np.ndarray:  # sets: (m, k) pool positions
-        ordered = np.sort(sets, axis=1)  # pool order is relevance order
-        gain = relevance[ordered] @ discount
-        block = sims[sets[:, :, None], sets[:, None, :]]
-        ild = 1.0 - (block.sum(axis=(1, 2)) - np.trace(block, axis1=1, axis2=2)) / pairs
-        return gain + beta * ild
-
-    current = objective(chosen[None, :])[0]
-    while True:
-        outside = np.setdiff1d(np.arange(pool), chosen)
-        trials = np.repeat(chosen[None, :], k * outside.shape[0], axis=0)
-        trials[np.arange(trials.shape[0]), np.tile(np.arange(k), outside.shape[0])] = np.repeat(outside, k)
-        values = objective(trials)
-        best = int(values.argmax())
-        if values[best] <= current + 1e-12:
-            return np.sort(chosen)
-        chosen, current = trials[best], values[best]
+    return swap_search(relevance, sims, np.arange(k), 0, discount.sum() / (discount.sum() + beta))
 
 
 def xquad_history(relevance: np.ndarray, aspects: tuple[np.ndarray, np.ndarray], lam: float, keep_top: int,
@@ -283,6 +268,8 @@ def main() -> int:
     parser.add_argument("--served", default="hybrid_mmr", help="the config's MMR pipeline shown as served")
     parser.add_argument("--pool", type=int_at_least(K + 1), default=50)
     parser.add_argument("--lambdas", type=unit_interval, nargs="*", default=[0.5, 0.3, 0.25, 0.2])
+    parser.add_argument("--swap-lambdas", type=unit_interval, nargs="*", default=[0.6, 0.55, 0.5, 0.45],
+                        help="lambdas of the MMR stage's `search: swap`")
     parser.add_argument("--betas", type=non_negative_float, nargs="*", default=[3.0, 5.0, 8.0])
     parser.add_argument("--deep-pools", type=int_at_least(K), nargs="*", default=[100, 200], help="MMR over deeper pools")
     parser.add_argument("--alphas", type=non_negative_float, nargs="*", default=[1.0, 2.0], help="DPP quality sharpness")
@@ -296,6 +283,7 @@ def main() -> int:
                         help="diversity weight of the set search on P(hit | rank)")
     args = parser.parse_args()
 
+    from hybridrec.plugins.rerankers import swap_search
     from hybridrec.server import evaluation as ev
     from hybridrec.server import metrics, splits
     from hybridrec.server.config import load_training_config
@@ -368,6 +356,10 @@ def main() -> int:
     for beta in args.betas:
         print(f"set search beta={beta} ...", file=sys.stderr, flush=True)
         rows.append((f"set search beta={beta}", measure(lists(lambda row, rel, sims: set_search(rel, sims, beta, k, discount)))))
+    fixed = min(keep_top, k)
+    for lam in args.swap_lambdas:
+        rows.append((f"mmr swap lambda={lam}", measure(lists(lambda row, rel, sims: swap_search(
+            rel, sims, greedy_mmr(rel, sims, lam, keep_top, k), fixed, lam)))))
     # lambda from 0.1 (history <= 20 ratings) to 0.5 (>= 160), linear in log history
     by_history = 0.1 + 0.4 * np.clip(np.log(np.maximum(history, 1) / 20) / np.log(8), 0, 1)
     rows.append(("mmr by history (lambda 0.1 -> 0.5)",

@@ -11,6 +11,8 @@ from hybridrec.server.stages import Candidates, RequestContext, Reranker
 
 
 SIMILARITIES = ("content", "cf", "category")
+SEARCHES = ("greedy", "swap")
+MAX_SWAP_ROUNDS = 50  # a bound on swap rounds; each strictly raises the objective, and few are needed
 
 
 class MMR(Reranker):
@@ -23,6 +25,13 @@ class MMR(Reranker):
     of a candidate is its largest similarity to the picks (`redundancy: max`, the classic
     MMR) or its mean similarity to them (`mean`, which trades relevance for intra-list
     diversity, itself a mean, more evenly).
+
+    `search: swap` then improves the greedy picks as a set: it swaps a picked item for an unpicked
+    one while that raises lambda x (the set's relevance in relevance order, weighted by the DCG
+    discount of each rank, over the sum of those discounts) + (1 - lambda) x the set's intra-list
+    diversity (one minus the mean pairwise similarity), and returns the set in relevance order.
+    Its lambda weighs the whole list, not each pick, so it means something else than greedy MMR's.
+    The `keep_top` picks stay.
     """
 
     plugin_name = "mmr"
@@ -35,6 +44,7 @@ class MMR(Reranker):
         redundancy: str = "max"  # max or mean similarity to the items already picked
         keep_top: int = 0  # the first picks follow relevance alone; MMR fills the ranks after them
         order: str = "pick"  # pick: the list in MMR's pick order; relevance: the picked set by relevance
+        search: str = "greedy"  # greedy: MMR's picks; swap: then swaps that raise the whole list's objective
 
     def validate(self) -> None:
         if not 0.0 <= self.params.lambda_weight <= 1.0:
@@ -49,6 +59,8 @@ class MMR(Reranker):
             raise ValueError("keep_top must be >= 0")
         if self.params.order not in ("pick", "relevance"):
             raise ValueError("order must be one of: pick, relevance")
+        if self.params.search not in SEARCHES:
+            raise ValueError(f"search must be one of: {', '.join(SEARCHES)}")
 
     def window(self, k: int) -> int:
         return max(k, self.params.pool)
@@ -104,6 +116,12 @@ class MMR(Reranker):
             else:
                 np.maximum(redundancy, penalty[best], out=redundancy)
         picked = np.asarray(chosen, dtype=np.int64)
+        if self.params.search == "swap" and picked.shape[0] > max(keep_top, 1):
+            before = picked
+            picked = swap_search(relevance, sims, picked, min(keep_top, picked.shape[0]), lam)
+            # a swapped-in item's stage score is its scaled relevance, as for the kept picks
+            values = dict(zip(before.tolist(), picked_values))
+            picked_values = [values.get(p, relevance.item(p)) for p in picked.tolist()]
         mmr_scores = np.empty(len(candidates), dtype=np.float32)
         mmr_scores.fill(np.nan)
         mmr_scores[pool[picked]] = picked_values
@@ -111,9 +129,58 @@ class MMR(Reranker):
         available[picked] = False
         candidates.stage_scores[self.name] = mmr_scores
         rest = np.concatenate([pool[available], ranked[pool.shape[0]:]])
-        if self.params.order == "relevance":  # same set, so the same diversity; better ranks first
+        if self.params.order == "relevance" or self.params.search == "swap":  # same set, so the same diversity; better ranks first
             picked = np.sort(picked)  # pool positions are already in relevance order
         return np.concatenate([pool[picked], rest])
+
+
+def swap_search(relevance: np.ndarray, sims: np.ndarray, picked: np.ndarray, fixed: int, lam: float) -> np.ndarray:
+    """Local search over sets of len(picked) pool positions, from `picked` (whose first `fixed`
+    stay): each round makes the one swap of a picked position for an unpicked one that raises
+    lam x DCG-weighted relevance (in relevance order, over the sum of the discounts) + (1 - lam)
+    x ILD most, until no swap raises it. Pool positions are in relevance order, as is the result."""
+    n, k = relevance.shape[0], picked.shape[0]
+    if k < 2 or n <= k:
+        return np.sort(picked)
+    discount = 1.0 / np.log2(np.arange(2, k + 2))
+    gain_weight = lam / discount.sum()
+    pairs = k * (k - 1)
+    diagonal = np.diagonal(sims)
+    kept = picked[:fixed]
+    members = np.sort(picked)
+
+    def objective(gain: np.ndarray, pair_sum: np.ndarray) -> np.ndarray:
+        return gain_weight * gain + (1.0 - lam) * (1.0 - pair_sum / pairs)
+
+    to_set = sims[:, members].sum(axis=1)  # each pool item's summed similarity to the set
+    pair_sum = float(to_set[members].sum() - diagonal[members].sum())
+    current = objective(relevance[members] @ discount, np.asarray(pair_sum))
+    for _ in range(MAX_SWAP_ROUNDS):
+        inside = np.zeros(n, dtype=bool)
+        inside[members] = True
+        out = np.flatnonzero(~inside)
+        movable = members[~np.isin(members, kept)]
+        if movable.shape[0] == 0:
+            break
+        # dropping i and adding j: pair sum - 2 (to_set[i] - sim(i, i)) + 2 (to_set[j] - sim(i, j))
+        new_pairs = (pair_sum - 2.0 * (to_set[movable] - diagonal[movable])[:, None]
+                     + 2.0 * (to_set[out][None, :] - sims[np.ix_(movable, out)]))
+        trial = np.repeat(relevance[members][None, :], movable.shape[0], axis=0)
+        trial[np.arange(movable.shape[0]), np.searchsorted(members, movable)] = -np.inf
+        # every trial set: the members' relevance with i's dropped, plus j's, best first
+        rows = np.concatenate([trial[:, None, :].repeat(out.shape[0], axis=1), np.broadcast_to(
+            relevance[out][None, :, None], (movable.shape[0], out.shape[0], 1))], axis=2)
+        rows = -np.sort(-rows, axis=2)[:, :, :k]  # the dropped item's -inf sorts last and falls off
+        values = objective(rows @ discount, new_pairs)
+        best = np.unravel_index(int(values.argmax()), values.shape)
+        if values[best] <= current + 1e-12:
+            break
+        drop, add = int(movable[best[0]]), int(out[best[1]])
+        current = values[best]
+        pair_sum = float(new_pairs[best])
+        to_set += sims[:, add] - sims[:, drop]
+        members = np.sort(np.concatenate([members[members != drop], [add]]))
+    return members
 
 
 def _unit_vectors(ctx: RequestContext, items: np.ndarray, similarity: str) -> np.ndarray:

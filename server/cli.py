@@ -229,8 +229,8 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     journal = None if args.no_journal else args.journal or args.out.with_name(args.out.name + ".trials.jsonl")
     if journal is not None:
         prepare_output(journal, "--journal", folder=False)
-    chosen = {name: value for name, value in (("valid_ratio", args.valid_ratio), ("folds", args.folds))
-              if value is not None}  # else tune's defaults
+    chosen = {name: value for name, value in (("valid_ratio", args.valid_ratio), ("folds", args.folds),
+                                                        ("mmr_max_loss", args.mmr_max_loss)) if value is not None}  # else tune's defaults
     result = tune(args.data, args.config, args.out, pipeline=args.pipeline, seed=args.seed, progress=_progress,
                   structure=args.structure, journal=journal, **chosen)
     print(f"validation ndcg@10 {result['validation_ndcg@10']:.4f} after {len(result['trials'])} trials "
@@ -398,7 +398,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--structure", action="store_true",
                    help="also search the rating transform (none, log1p), the dense item-item method (EASE, "
                         "or DLAE with each dropout), the content dimensions, the scorer's normalisation and the "
-                        "MMR stage's redundancy and keep_top; otherwise the config's own are kept")
+                        "MMR stage's redundancy, keep_top and search; otherwise the config's own are kept")
+    p.add_argument("--mmr-max-loss", type=open_fraction, default=None,
+                   help="share of validation ndcg@10 each MMR pipeline may give up for diversity: its lambda is "
+                        "the most diverse within it (default 0.04)")
     journal = p.add_mutually_exclusive_group()
     journal.add_argument("--journal", type=Path, default=None,
                          help="file of the training trials' scores, appended as they are measured; the same "

@@ -33,17 +33,19 @@ SEARCH_SESSION_WEIGHT = (1.0, 2.0, 3.0, 5.0)
 # model (DLAE with each dropout, or EASE) the later coordinates refine
 SEARCH_TRANSFORMS = ("none", "log1p")
 # ... and, after the other coordinates of their kind: the content vectors' dimensions, the scorer's
-# normalisation (each with the whole blend grid) and the MMR stage's shape (redundancy, keep_top)
+# normalisation (each with the whole blend grid) and the MMR stage's shape (redundancy, keep_top,
+# search). The swap search optimises the list's mean similarity, so it starts from mean-redundancy picks.
 SEARCH_CONTENT_DIMS = (16, 32, 64)
 SEARCH_NORMALISE = ("zscore", "minmax", "rank")
-SEARCH_MMR_SHAPES = tuple((redundancy, keep) for redundancy in ("mean", "max") for keep in (0, 2, 4, 6))
+SEARCH_MMR_SHAPES = tuple((redundancy, keep, search) for redundancy, search in
+                          (("mean", "greedy"), ("max", "greedy"), ("mean", "swap")) for keep in (0, 2, 4, 6))
 # the scorer's popularity prior: (prior_weight, prior_items); (0, 8) is no prior
 SEARCH_PRIOR = ((0.0, 8.0), (0.2, 8.0), (0.2, 32.0), (0.4, 8.0), (0.4, 32.0), (0.6, 8.0), (0.6, 32.0), (0.8, 8.0),
                 (1.0, 4.0), (1.0, 8.0), (1.0, 16.0))
 COLD_USERS = 0.2  # share of the training side's users held out to validate the prior for new users
 COLD_CONTEXT = 5  # their first items, given as context (as `evaluate`'s cold-start users run)
-MMR_LAMBDAS = (0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5, 0.4, 0.3, 0.25, 0.2, 0.15, 0.1)
-MMR_MAX_NDCG_LOSS = 0.04  # the most diverse lambda that keeps ndcg@10 within 4% of no MMR
+MMR_LAMBDAS = tuple(round(0.95 - 0.05 * i, 2) for i in range(18))  # 0.95 down to 0.1
+MMR_MAX_NDCG_LOSS = 0.04  # default: the most diverse lambda that keeps ndcg@10 within 4% of no MMR
 MMR_PATIENCE = 2  # the lambda sweep stops after this many lambdas in a row outside that bound
 MIN_GAIN = 0.0025  # a change must beat the incumbent by this relative margin: less is noise
 # Validation: FOLDS random holdouts of VALID_RATIO of each user's training items, averaged per trial.
@@ -138,7 +140,8 @@ def _code_digest() -> str:
 def tune(data: str | Path, base_config: str | Path, out_path: str | Path, pipeline: str = "hybrid",
          mmr_pipeline: str | None = None, test_ratio: float = 0.25, seed: int = 42,
          progress: Callable[[str], None] | None = None, valid_ratio: float = VALID_RATIO,
-         folds: int = FOLDS, structure: bool = False, journal: str | Path | None = None) -> dict[str, Any]:
+         folds: int = FOLDS, structure: bool = False, journal: str | Path | None = None,
+         mmr_max_loss: float = MMR_MAX_NDCG_LOSS) -> dict[str, Any]:
     """Search, write the tuned config to `out_path`, and return what was chosen and measured.
 
     `journal`: a JSON-lines file of the training trials' scores (see `Journal`). Trials found in
@@ -148,8 +151,12 @@ def tune(data: str | Path, base_config: str | Path, out_path: str | Path, pipeli
     With `structure`, these are searched too; without it they stay as the config has them:
     the rating transform and the dense item-item method (before the other training
     coordinates), the content dimensions (after them), the scorer's normalisation (each with
-    the blend grid) and the MMR stage's redundancy and keep_top (each with the lambda sweep)."""
+    the blend grid) and the MMR stage's redundancy, keep_top and search (each with the lambda sweep).
+
+    `mmr_max_loss`: the share of no-MMR validation ndcg@10 each MMR pipeline may give up for
+    diversity; its lambda is the most diverse one within it."""
     splits.check_ratio("valid_ratio", valid_ratio)
+    splits.check_ratio("mmr_max_loss", mmr_max_loss)
     if isinstance(folds, bool) or not isinstance(folds, int) or folds < 1:
         raise ValueError(f"folds must be an integer >= 1, got {folds!r}")
     say = progress or (lambda m: log.info("%s", m))
@@ -262,7 +269,7 @@ def tune(data: str | Path, base_config: str | Path, out_path: str | Path, pipeli
                     best, config = score, candidate
         # blend weights need no retraining: one model, many scorers
         weights, prior, chosen_lambda, mmr_shape = None, None, None, None
-        mmr: dict[str, tuple[float | None, tuple[str, int] | None]] = {}  # pipeline -> (lambda, shape)
+        mmr: dict[str, tuple[float | None, tuple[str, int, str] | None]] = {}  # pipeline -> (lambda, shape)
         with contextlib.ExitStack() as stack:
             services = [stack.enter_context(trained(sub, ~valid, items_csv, config, base_config, workdir,
                                                     f"tune-weights-{f}")) for f, valid in enumerate(valids)]
@@ -326,18 +333,20 @@ def tune(data: str | Path, base_config: str | Path, out_path: str | Path, pipeli
             names = [mmr_pipeline] if mmr_pipeline else mmr_pipelines_of(raw, pipeline, services[0].state.config.pipelines)
             for name in names:  # with several, each trial and line names its pipeline
                 mmr[name] = _tune_mmr(services, name, weights, lists, trials, say, prior, normalise,
-                                      SEARCH_MMR_SHAPES if structure else (), f"{name}: " if len(names) > 1 else "")
+                                      SEARCH_MMR_SHAPES if structure else (), f"{name}: " if len(names) > 1 else "",
+                                      mmr_max_loss)
             if names:
                 chosen_lambda, mmr_shape = mmr[names[0]]
     tuned = apply_tuned(raw, config, pipeline, mmr, weights, prior, normalise)
     header = (f"# Tuned by `hybridrec tune` from {base_config.name} on {Path(data).name}: validation "
               f"ndcg@10 {best:.4f} ({len(trials)} trials; {folds} folds of {valid_ratio:g} of each user's "
-              f"training items, seed {seed}).\n")
+              f"training items, seed {seed}" + (f"; MMR within {mmr_max_loss:.1%} of no-MMR ndcg@10" if mmr else "")
+              + ").\n")
     Path(out_path).write_text(header + yaml.safe_dump(tuned, sort_keys=False, default_flow_style=None, width=110))
     return {"validation_ndcg@10": best, "training": config.to_dict(), "weights": weights,
             "prior": prior, "normalise": normalise, "mmr_lambda": chosen_lambda, "mmr_shape": _shape_dict(mmr_shape),
             "mmr": {name: {"lambda": lam, "shape": _shape_dict(shape)} for name, (lam, shape) in mmr.items()},
-            "trials": trials, "folds": folds, "valid_ratio": valid_ratio,
+            "trials": trials, "folds": folds, "valid_ratio": valid_ratio, "mmr_max_loss": mmr_max_loss,
             "validation_rows": [int(valid.sum()) for valid in valids], "structure": structure,
             "seconds": round(time.perf_counter() - started, 1)}
 
@@ -389,11 +398,11 @@ def _tune_prior(batches, pipes, lists, pipeline: str, trials: list, say, cold) -
 
 
 def _tune_mmr(services, name: str, weights, lists, trials: list, say, prior: tuple[float, float] | None = None,
-              normalise: str | None = None, shapes: Sequence[tuple[str, int]] = (), label_prefix: str = ""
-              ) -> tuple[float | None, tuple[str, int] | None]:
+              normalise: str | None = None, shapes: Sequence[tuple[str, int, str]] = (), label_prefix: str = "",
+              max_loss: float = MMR_MAX_NDCG_LOSS) -> tuple[float | None, tuple[str, int, str] | None]:
     """The most diverse MMR lambda whose ndcg@10, averaged over the folds, stays within
-    MMR_MAX_NDCG_LOSS of the same pipeline without MMR (lambda 1), and the stage's shape
-    (redundancy, keep_top) when `shapes` are searched: the shape whose chosen lambda gives the
+    `max_loss` of the same pipeline without MMR (lambda 1), and the stage's shape
+    (redundancy, keep_top, search) when `shapes` are searched: the shape whose chosen lambda gives the
     most ILD@10, kept as configured unless another beats it by MIN_GAIN (None: unchanged)."""
     stages = []
     for service in services:
@@ -405,7 +414,7 @@ def _tune_mmr(services, name: str, weights, lists, trials: list, say, prior: tup
         if normalise is not None:
             pipe.scorer.params.normalise = normalise
         stages.append(mmr_stage(pipe))
-    own = (stages[0].params.redundancy, stages[0].params.keep_top)
+    own = (stages[0].params.redundancy, stages[0].params.keep_top, stages[0].params.search)
     batches = [Gathered(service, name, users, 10) for service, (users, _) in zip(services, lists)]
 
     # ILD in the space the stage diversifies over: content embeddings, or category sets
@@ -425,14 +434,14 @@ def _tune_mmr(services, name: str, weights, lists, trials: list, say, prior: tup
     found = []  # (shape, chosen lambda, its ILD@10)
     for shape in [own] + [s for s in shapes if s != own]:
         for stage in stages:
-            stage.params.redundancy, stage.params.keep_top = shape
+            stage.params.redundancy, stage.params.keep_top, stage.params.search = shape
         chosen, chosen_ild, misses = 1.0, 0.0, 0
         for lam in MMR_LAMBDAS:
             ndcg, ild = run(lam)
-            label = label_prefix + (f"mmr {shape[0]} keep_top {shape[1]} lambda {lam}" if shapes
+            label = label_prefix + (f"mmr {shape[0]} keep_top {shape[1]} {shape[2]} lambda {lam}" if shapes
                                     else f"mmr lambda {lam}")
             trials.append({"trial": label, "ndcg@10": round(ndcg, 5), ild_key: round(ild, 5)})
-            if ndcg >= (1 - MMR_MAX_NDCG_LOSS) * base:
+            if ndcg >= (1 - max_loss) * base:
                 chosen, chosen_ild, misses = lam, ild, 0
             else:
                 misses += 1
@@ -440,18 +449,19 @@ def _tune_mmr(services, name: str, weights, lists, trials: list, say, prior: tup
                     break
         found.append((shape, chosen, chosen_ild))
         if shapes:
-            say(f"  {label_prefix}MMR {shape[0]} keep_top {shape[1]}: lambda {chosen}, validation {ild_key} "
+            say(f"  {label_prefix}MMR {shape[0]} keep_top {shape[1]} {shape[2]}: lambda {chosen}, validation {ild_key} "
                 f"{chosen_ild:.4f}")
     pick = max(found, key=lambda row: row[2])
     if pick[2] <= found[0][2] * (1 + MIN_GAIN):
         pick = found[0]
-    say(f"  {label_prefix}MMR lambda {pick[1]}" + (f", {pick[0][0]} redundancy, keep_top {pick[0][1]}" if shapes else "")
-        + f": the most diverse within {MMR_MAX_NDCG_LOSS:.0%} of no-MMR ndcg@10")
+    say(f"  {label_prefix}MMR lambda {pick[1]}"
+        + (f", {pick[0][0]} redundancy, keep_top {pick[0][1]}, {pick[0][2]} search" if shapes else "")
+        + f": the most diverse within {max_loss:.1%} of no-MMR ndcg@10")
     return pick[1], (None if pick[0] == own else pick[0])
 
 
-def _shape_dict(shape: tuple[str, int] | None) -> dict[str, Any] | None:
-    return None if shape is None else {"redundancy": shape[0], "keep_top": shape[1]}
+def _shape_dict(shape: tuple[str, int, str] | None) -> dict[str, Any] | None:
+    return None if shape is None else {"redundancy": shape[0], "keep_top": shape[1], "search": shape[2]}
 
 
 def _scorer_plugin(spec: Any) -> Any:
@@ -474,7 +484,7 @@ def mmr_pipelines_of(raw: dict, pipeline: str, pipelines: dict[str, Any]) -> lis
 
 
 def apply_tuned(raw: dict, config: TrainingConfig, pipeline: str,
-                mmr: dict[str, tuple[float | None, tuple[str, int] | None]], weights: dict | None,
+                mmr: dict[str, tuple[float | None, tuple[str, int, str] | None]], weights: dict | None,
                 prior: tuple[float, float] | None = None, normalise: str | None = None) -> dict:
     """The base YAML with the tuned training config, the blend, normalisation and prior in
     `pipeline` and each tuned MMR pipeline, and each MMR pipeline's own lambda and shape."""
@@ -497,5 +507,6 @@ def apply_tuned(raw: dict, config: TrainingConfig, pipeline: str,
                 if lam is not None:
                     entry.setdefault("params", {})["lambda_weight"] = lam
                 if mmr_shape is not None:
-                    entry.setdefault("params", {}).update(redundancy=mmr_shape[0], keep_top=mmr_shape[1])
+                    entry.setdefault("params", {}).update(redundancy=mmr_shape[0], keep_top=mmr_shape[1],
+                                                          search=mmr_shape[2])
     return tuned

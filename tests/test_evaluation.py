@@ -220,17 +220,19 @@ def test_tune_with_structure_searches_the_transform_and_the_item_item_method(dem
     assert [h for h in SEARCH_NORMALISE if any(line.startswith(f"blend grid under normalise {h}:") for line in lines)] \
         == list(SEARCH_NORMALISE)
     swept = {line.split(":")[0] for line in lines if line.startswith(("MMR mean ", "MMR max "))}
-    assert swept == {f"MMR {r} keep_top {k}" for r, k in SEARCH_MMR_SHAPES}
+    assert swept == {f"MMR {r} keep_top {k} {how}" for r, k, how in SEARCH_MMR_SHAPES}
+    assert {how for _, _, how in SEARCH_MMR_SHAPES} == {"greedy", "swap"}
     serving = load_serving_config(out, Plugins())
     assert serving.pipelines["hybrid_no_mmr"].scorer.params.normalise in SEARCH_NORMALISE
     mmr = serving.pipelines["hybrid"].rerankers[0].params
     assert f"mmr lambda {mmr.lambda_weight}" in printed
-    assert (mmr.redundancy, mmr.keep_top) in SEARCH_MMR_SHAPES
+    assert (mmr.redundancy, mmr.keep_top, mmr.search) in SEARCH_MMR_SHAPES
 
 
 def test_tune_refuses_a_bad_validation_split_before_reading_data(tmp_path: Path, capsys) -> None:
     for kwargs, field in (({"valid_ratio": 0.0}, "valid_ratio"), ({"valid_ratio": 1.0}, "valid_ratio"),
-                          ({"folds": 0}, "folds"), ({"folds": 1.5}, "folds")):
+                          ({"folds": 0}, "folds"), ({"folds": 1.5}, "folds"),
+                          ({"mmr_max_loss": 0.0}, "mmr_max_loss"), ({"mmr_max_loss": 1.0}, "mmr_max_loss")):
         with pytest.raises(ValueError, match=field):
             tune(tmp_path / "absent", DEFAULT_CONFIG, tmp_path / "t.yaml", **kwargs)
     for flag, value in (("--valid-ratio", "1.5"), ("--valid-ratio", "nan"), ("--folds", "0")):
@@ -277,8 +279,9 @@ def test_tune_sets_the_lambda_of_each_mmr_pipeline_built_on_the_tuned_one(demo_d
     assert mmr_pipelines_of(raw, "hybrid_no_mmr", pipelines) == ["hybrid", "by_category"]
     assert mmr_pipelines_of(raw, "cf", pipelines) == ["cf_mmr"]
     out = tmp_path / "tuned.yaml"
-    result = tune(demo_dir, base, out, pipeline="hybrid_no_mmr", folds=1, valid_ratio=0.2)
+    result = tune(demo_dir, base, out, pipeline="hybrid_no_mmr", folds=1, valid_ratio=0.2, mmr_max_loss=0.1)
     assert set(result["mmr"]) == {"hybrid", "by_category"}
+    assert result["mmr_max_loss"] == 0.1 and "MMR within 10.0% of no-MMR ndcg@10" in out.read_text().splitlines()[0]
     assert result["mmr_lambda"] == result["mmr"]["hybrid"]["lambda"]
     tuned = yaml.safe_load(out.read_text())
     for name in ("hybrid", "by_category"):
@@ -296,6 +299,16 @@ def test_tune_sets_the_lambda_of_each_mmr_pipeline_built_on_the_tuned_one(demo_d
     assert all("ild@10" in t and "category_ild@10" not in t for t in by_content)
     assert all("category_ild@10" in t and "ild@10" not in t for t in by_categories)
     assert by_categories[0]["trial"] == f"by_category: mmr lambda {MMR_LAMBDAS[0]}"
+    # the budget: each chosen lambda keeps 90% of the no-MMR ndcg@10 (the tuned pipeline's, as it
+    # has the same candidates and scorer) and the sweep's later lambdas, the more diverse, do not
+    floor = 0.9 * result["validation_ndcg@10"]
+    for name, sweep in (("hybrid", by_content), ("by_category", by_categories)):
+        lambdas = [float(t["trial"].split()[-1]) for t in sweep]
+        chosen = result["mmr"][name]["lambda"]
+        if chosen != 1.0:
+            assert sweep[lambdas.index(chosen)]["ndcg@10"] >= floor - 1e-4
+        later = sweep[lambdas.index(chosen) + 1:] if chosen != 1.0 else sweep
+        assert all(t["ndcg@10"] < floor + 1e-4 for t in later)
 
 
 def test_the_movielens_config_is_the_untuned_one_with_only_the_searched_values_changed() -> None:

@@ -627,3 +627,42 @@ def test_faiss_cf_reads_stored_user_candidates(model) -> None:
     assert FaissCF("cf", FaissCF.Params(n=15)).stored(make_ctx(model, user)) is None  # no table
     with pytest.raises(ValueError, match="lookup must be one of: auto, index"):
         FaissCF("cf", FaissCF.Params(lookup="table")).validate()
+
+
+def test_mmr_swap_search_reaches_a_set_no_single_swap_improves(model) -> None:
+    from hybridrec.plugins.rerankers import MMR, swap_search
+
+    items, cands, ranked = ranked_candidates(model, 3)
+    ctx = make_ctx(model, k=10)
+    lam = 0.5
+    relevance = (cands.final[ranked] - cands.final[ranked].min()) / np.ptp(cands.final[ranked])
+    unit = model.item_content[items[ranked]].astype(np.float64)
+    sims = unit @ unit.T
+    discount = 1.0 / np.log2(np.arange(2, 12))
+
+    def objective(positions) -> float:  # written out: DCG-weighted relevance best first, then ILD
+        chosen = sorted(positions)
+        gain = sum(relevance[p] * d for p, d in zip(chosen, discount)) / discount.sum()
+        similarity = sum(sims[a, b] for a in chosen for b in chosen if a != b) / 90
+        return lam * gain + (1 - lam) * (1 - similarity)
+
+    greedy = MMR("mmr", MMR.Params(lambda_weight=lam, pool=40, redundancy="mean", keep_top=2))
+    swapped = MMR("mmr", MMR.Params(lambda_weight=lam, pool=40, redundancy="mean", keep_top=2, search="swap"))
+    start = greedy.rerank(ctx, cands, ranked)[:10]
+    out = swapped.rerank(ctx, cands, ranked)
+    assert sorted(out.tolist()) == sorted(ranked.tolist())
+    top = out[:10]
+    assert top.tolist() == sorted(top.tolist(), key=lambda p: -cands.final[p])  # relevance order
+    assert set(ranked[:2].tolist()) <= set(top.tolist())  # the keep_top picks stay
+    position = {int(p): i for i, p in enumerate(ranked)}
+    found = [position[int(p)] for p in top]
+    assert objective(found) > objective([position[int(p)] for p in start])
+    for drop in [p for p in found if p not in (0, 1)]:
+        for add in set(range(40)) - set(found):
+            assert objective([p for p in found if p != drop] + [add]) <= objective(found) + 1e-9
+    # lambda 1 keeps the top of the pool; the function alone matches the stage
+    assert swap_search(relevance, sims, np.arange(10), 0, 1.0).tolist() == list(range(10))
+    greedy_positions = np.array([position[int(p)] for p in start])
+    assert swap_search(relevance, sims, greedy_positions, 2, lam).tolist() == sorted(found)
+    with pytest.raises(ValueError, match="search must be one of: greedy, swap"):
+        MMR("mmr", MMR.Params(search="exhaustive")).validate()
