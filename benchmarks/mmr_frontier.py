@@ -33,6 +33,9 @@ seed 42), takes each user's top `--pool` items of the `hybrid` pipeline with the
   asks whether MMR can spend its diversity on items that are far from the top but near the history;
 - for scale, `mmr lambda=0`: the most diverse list greedy MMR finds in the pool (relevance
   ignored after the first `keep_top`), and `10 random catalogue items`;
+- for scale, `the user's own test items` (reads test): ten of each user's held-out items, at
+  random or the most varied ten (diversity-only swap search among them). Both are perfectly
+  accurate lists; how varied are they? Users with fewer than ten test items list them all;
 - `mmr lambda per ... (reads test)`: greedy MMR with a lambda chosen for each group of users
   from a grid (1.0 to 0.0), the groups' lambdas together giving the most ILD@10 for at most 5%
   less NDCG@10 (a Lagrangian over the groups' per-user NDCG and ILD, read off the test split).
@@ -390,6 +393,22 @@ def main() -> int:
     rng = np.random.default_rng(0)
     rows.append(("10 random catalogue items",
                  measure(np.stack([rng.choice(unit.shape[0], k, replace=False) for _ in users]))))
+
+    def own_test_items(most_varied: bool) -> np.ndarray:
+        out = np.full((len(users), k), -1, dtype=np.int64)
+        for row, truth in enumerate(relevant):
+            truth = np.asarray(truth)
+            if truth.shape[0] > k:
+                vectors = unit[truth]
+                sims = vectors @ vectors.T
+                picked = (swap_search(np.zeros(truth.shape[0]), sims, np.argsort(sims.sum(axis=1))[:k], 0, 0.0)
+                          if most_varied else rng.choice(truth.shape[0], k, replace=False))
+                truth = truth[picked]
+            out[row, : truth.shape[0]] = truth
+        return out
+
+    rows.append(("10 of the user's own test items at random (reads test)", measure(own_test_items(False))))
+    rows.append(("the most varied 10 of the user's own test items (reads test)", measure(own_test_items(True))))
     hit_rate = rank_hit_rate(pools, relevant, args.pool)
     for beta in args.rank_betas:
         print(f"set search on P(hit | rank) beta={beta} ...", file=sys.stderr, flush=True)

@@ -26,12 +26,15 @@ class MMR(Reranker):
     MMR) or its mean similarity to them (`mean`, which trades relevance for intra-list
     diversity, itself a mean, more evenly).
 
-    `search: swap` then improves the greedy picks as a set: it swaps a picked item for an unpicked
-    one while that raises lambda x (the set's relevance in relevance order, weighted by the DCG
-    discount of each rank, over the sum of those discounts) + (1 - lambda) x the set's intra-list
-    diversity (one minus the mean pairwise similarity), and returns the set in relevance order.
-    Its lambda weighs the whole list, not each pick, so it means something else than greedy MMR's.
-    The `keep_top` picks stay.
+    `search: swap` then improves the greedy picks a page (`page` items) at a time, each page as a
+    set: it swaps a page's item for an unlisted one while that raises lambda x (the page's
+    relevance in relevance order, weighted by the DCG discount of each rank, over the sum of those
+    discounts) + (1 - lambda) x the page's intra-list diversity (one minus the mean pairwise
+    similarity), and lists the page in relevance order; the next page comes from the pool left.
+    So the first page of a longer list is the shorter list. The lambda weighs a whole page, not
+    each pick, so it means something else than greedy MMR's. The `keep_top` picks stay. An item's
+    stage score is then lambda x its relevance - (1 - lambda) x its mean similarity to the rest of
+    its page.
     """
 
     plugin_name = "mmr"
@@ -44,7 +47,8 @@ class MMR(Reranker):
         redundancy: str = "max"  # max or mean similarity to the items already picked
         keep_top: int = 0  # the first picks follow relevance alone; MMR fills the ranks after them
         order: str = "pick"  # pick: the list in MMR's pick order; relevance: the picked set by relevance
-        search: str = "greedy"  # greedy: MMR's picks; swap: then swaps that raise the whole list's objective
+        search: str = "greedy"  # greedy: MMR's picks; swap: then swaps that raise each page's objective
+        page: int = 10  # swap search: the items optimised together (a longer list is pages in turn)
 
     def validate(self) -> None:
         if not 0.0 <= self.params.lambda_weight <= 1.0:
@@ -61,6 +65,8 @@ class MMR(Reranker):
             raise ValueError("order must be one of: pick, relevance")
         if self.params.search not in SEARCHES:
             raise ValueError(f"search must be one of: {', '.join(SEARCHES)}")
+        if self.params.page < 2:
+            raise ValueError("page must be >= 2")
 
     def window(self, k: int) -> int:
         return max(k, self.params.pool)
@@ -117,11 +123,7 @@ class MMR(Reranker):
                 np.maximum(redundancy, penalty[best], out=redundancy)
         picked = np.asarray(chosen, dtype=np.int64)
         if self.params.search == "swap" and picked.shape[0] > max(keep_top, 1):
-            before = picked
-            picked = swap_search(relevance, sims, picked, min(keep_top, picked.shape[0]), lam)
-            # a swapped-in item's stage score is its scaled relevance, as for the kept picks
-            values = dict(zip(before.tolist(), picked_values))
-            picked_values = [values.get(p, relevance.item(p)) for p in picked.tolist()]
+            picked, picked_values = swap_pages(relevance, sims, picked, keep_top, lam, self.params.page)
         mmr_scores = np.empty(len(candidates), dtype=np.float32)
         mmr_scores.fill(np.nan)
         mmr_scores[pool[picked]] = picked_values
@@ -129,9 +131,39 @@ class MMR(Reranker):
         available[picked] = False
         candidates.stage_scores[self.name] = mmr_scores
         rest = np.concatenate([pool[available], ranked[pool.shape[0]:]])
-        if self.params.order == "relevance" or self.params.search == "swap":  # same set, so the same diversity; better ranks first
+        if self.params.order == "relevance" and self.params.search == "greedy":  # same set, so the same diversity; better ranks first
             picked = np.sort(picked)  # pool positions are already in relevance order
         return np.concatenate([pool[picked], rest])
+
+
+def swap_pages(relevance: np.ndarray, sims: np.ndarray, greedy: np.ndarray, keep_top: int, lam: float,
+               page: int) -> tuple[np.ndarray, list[float]]:
+    """The greedy picks improved by `swap_search` a page at a time: each page starts from the
+    greedy picks not yet listed and swaps with the pool left. Returns the pool positions, each
+    page in relevance order, and each item's stage score: lam x relevance - (1 - lam) x its mean
+    similarity to the rest of its page."""
+    n = relevance.shape[0]
+    listed = np.zeros(n, dtype=bool)
+    out: list[np.ndarray] = []
+    values: list[float] = []
+    start = 0
+    while start < greedy.shape[0]:
+        size = min(page, greedy.shape[0] - start)
+        left = np.flatnonzero(~listed)
+        seeds = greedy[~listed[greedy]][:size]  # greedy's order: the keep_top picks come first
+        fixed = min(max(keep_top - start, 0), size)
+        if size > 1:
+            local = swap_search(relevance[left], sims[np.ix_(left, left)], np.searchsorted(left, seeds), fixed, lam)
+            chosen = left[local]
+        else:
+            chosen = seeds
+        block = sims[np.ix_(chosen, chosen)]
+        others = (block.sum(axis=1) - np.diagonal(block)) / max(size - 1, 1)
+        values.extend((lam * relevance[chosen] - (1.0 - lam) * others).tolist())
+        out.append(chosen)
+        listed[chosen] = True
+        start += size
+    return np.concatenate(out), values
 
 
 def swap_search(relevance: np.ndarray, sims: np.ndarray, picked: np.ndarray, fixed: int, lam: float) -> np.ndarray:

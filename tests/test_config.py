@@ -53,7 +53,7 @@ def test_unknown_parameter(plugins: Plugins, tmp_path: Path) -> None:
         load_serving_config(path, plugins)
     message = str(exc.value)
     assert "pipeline 'p', rerankers stage 1 ('mmr') (plugin 'mmr') params: unknown key 'lambda'" in message
-    assert "valid keys: keep_top, lambda_weight, order, pool, redundancy, search, similarity" in message
+    assert "valid keys: keep_top, lambda_weight, order, page, pool, redundancy, search, similarity" in message
 
 
 def test_wrong_type_and_range(plugins: Plugins, tmp_path: Path) -> None:

@@ -640,11 +640,12 @@ def test_mmr_swap_search_reaches_a_set_no_single_swap_improves(model) -> None:
     sims = unit @ unit.T
     discount = 1.0 / np.log2(np.arange(2, 12))
 
-    def objective(positions) -> float:  # written out: DCG-weighted relevance best first, then ILD
+    def page_objective(positions) -> float:  # written out: DCG-weighted relevance best first, then ILD
         chosen = sorted(positions)
         gain = sum(relevance[p] * d for p, d in zip(chosen, discount)) / discount.sum()
         similarity = sum(sims[a, b] for a in chosen for b in chosen if a != b) / 90
         return lam * gain + (1 - lam) * (1 - similarity)
+
 
     greedy = MMR("mmr", MMR.Params(lambda_weight=lam, pool=40, redundancy="mean", keep_top=2))
     swapped = MMR("mmr", MMR.Params(lambda_weight=lam, pool=40, redundancy="mean", keep_top=2, search="swap"))
@@ -656,13 +657,30 @@ def test_mmr_swap_search_reaches_a_set_no_single_swap_improves(model) -> None:
     assert set(ranked[:2].tolist()) <= set(top.tolist())  # the keep_top picks stay
     position = {int(p): i for i, p in enumerate(ranked)}
     found = [position[int(p)] for p in top]
-    assert objective(found) > objective([position[int(p)] for p in start])
+    assert page_objective(found) > page_objective([position[int(p)] for p in start])
+    # each listed item's stage score: lambda x relevance - (1 - lambda) x mean similarity to the others
+    scores = cands.stage_scores["mmr"]
+    for p in found:
+        mean_sim = sum(sims[p, q] for q in found if q != p) / 9
+        assert scores[ranked[p]] == pytest.approx(lam * relevance[p] - (1 - lam) * mean_sim, abs=1e-5)
+    assert np.isnan(scores[out[10:]]).all()
     for drop in [p for p in found if p not in (0, 1)]:
         for add in set(range(40)) - set(found):
-            assert objective([p for p in found if p != drop] + [add]) <= objective(found) + 1e-9
+            assert page_objective([p for p in found if p != drop] + [add]) <= page_objective(found) + 1e-9
     # lambda 1 keeps the top of the pool; the function alone matches the stage
     assert swap_search(relevance, sims, np.arange(10), 0, 1.0).tolist() == list(range(10))
     greedy_positions = np.array([position[int(p)] for p in start])
     assert swap_search(relevance, sims, greedy_positions, 2, lam).tolist() == sorted(found)
+    # a longer list is pages in turn: its first page is the k=10 list, its second the best set of what is left
+    longer = swapped.rerank(make_ctx(model, k=20), cands, ranked)
+    assert longer[:10].tolist() == top.tolist()
+    second = [position[int(p)] for p in longer[10:20]]
+    assert second == sorted(second) and not set(second) & set(found)
+    left = [p for p in range(40) if p not in found]
+    for drop in second:
+        for add in set(left) - set(second):
+            assert page_objective([q for q in second if q != drop] + [add]) <= page_objective(second) + 1e-9
     with pytest.raises(ValueError, match="search must be one of: greedy, swap"):
         MMR("mmr", MMR.Params(search="exhaustive")).validate()
+    with pytest.raises(ValueError, match="page must be >= 2"):
+        MMR("mmr", MMR.Params(page=1)).validate()

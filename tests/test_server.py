@@ -377,3 +377,41 @@ def test_stored_user_candidates_serve_what_the_search_finds(demo_data, tmp_path)
                         assert a.source_scores == pytest.approx(b.source_scores, abs=1e-5)
     finally:
         running.stop(grace=None)
+
+
+def test_swap_search_mmr_serves_its_set_best_first(demo_model, tmp_path) -> None:
+    """`search: swap` through the real server: k items, each page of 10 in the scorer's order, each
+    item with its MMR stage score, and lists that differ from the same pipeline without the stage."""
+    from hybridrec.server.app import create_server, load_state
+
+    base = """
+    candidates: [faiss_cf, faiss_content, popularity]
+    filters: [exclude_seen, exclude_requested]
+    scorer: {plugin: weighted_hybrid, params: {weights: {faiss_cf: 0.6, faiss_content: 0.4}}}
+"""
+    path = tmp_path / "serve.yaml"
+    path.write_text("pipelines:\n  plain:" + base + "  swap:" + base
+                    + "    rerankers: [{plugin: mmr, params: {lambda_weight: 0.4, redundancy: mean, keep_top: 2,"
+                      " search: swap}}]\n")
+    state = load_state(demo_model, path)
+    running = create_server(state, "127.0.0.1:0", max_workers=2)
+    try:
+        with RecommenderClient(f"127.0.0.1:{running.port}", timeout=10) as client:
+            changed = 0
+            for user in users_by_activity(state.model)[:30]:
+                lists = {}
+                for k in (10, 20):
+                    plain = client.recommend(user, k=k, pipeline="plain")
+                    swap = client.recommend(user, k=k, pipeline="swap", explain=True)
+                    assert len(swap.items) == k and len({i.item_id for i in swap.items}) == k
+                    for page in range(0, k, 10):  # each page of 10 in the scorer's order
+                        scores = [i.score for i in swap.items[page:page + 10]]
+                        assert scores == sorted(scores, reverse=True)
+                    assert all("mmr" in i.stage_scores for i in swap.items)
+                    assert [i.item_id for i in swap.items[:2]] == [i.item_id for i in plain.items[:2]]  # keep_top
+                    changed += [i.item_id for i in swap.items] != [i.item_id for i in plain.items]
+                    lists[k] = [i.item_id for i in swap.items]
+                assert lists[20][:10] == lists[10]  # the first page of a longer list is the shorter list
+            assert changed > 0
+    finally:
+        running.stop(grace=None)
