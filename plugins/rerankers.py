@@ -169,8 +169,8 @@ def swap_pages(relevance: np.ndarray, sims: np.ndarray, greedy: np.ndarray, keep
 def swap_search(relevance: np.ndarray, sims: np.ndarray, picked: np.ndarray, fixed: int, lam: float) -> np.ndarray:
     """Local search over sets of len(picked) pool positions, from `picked` (whose first `fixed`
     stay): each round makes the one swap of a picked position for an unpicked one that raises
-    lam x DCG-weighted relevance (in relevance order, over the sum of the discounts) + (1 - lam)
-    x ILD most, until no swap raises it. Pool positions are in relevance order, as is the result."""
+    lam x DCG-weighted relevance (in pool order, over the sum of the discounts) + (1 - lam) x ILD
+    most, until no swap raises it. Pool positions are in relevance order, as is the result."""
     n, k = relevance.shape[0], picked.shape[0]
     if k < 2 or n <= k:
         return np.sort(picked)
@@ -178,8 +178,11 @@ def swap_search(relevance: np.ndarray, sims: np.ndarray, picked: np.ndarray, fix
     gain_weight = lam / discount.sum()
     pairs = k * (k - 1)
     diagonal = np.diagonal(sims)
-    kept = picked[:fixed]
     members = np.sort(picked)
+    inside = np.zeros(n, dtype=bool)
+    inside[members] = True
+    movable_mask = inside.copy()
+    movable_mask[picked[:fixed]] = False  # the kept picks never leave
 
     def objective(gain: np.ndarray, pair_sum: np.ndarray) -> np.ndarray:
         return gain_weight * gain + (1.0 - lam) * (1.0 - pair_sum / pairs)
@@ -188,22 +191,27 @@ def swap_search(relevance: np.ndarray, sims: np.ndarray, picked: np.ndarray, fix
     pair_sum = float(to_set[members].sum() - diagonal[members].sum())
     current = objective(relevance[members] @ discount, np.asarray(pair_sum))
     for _ in range(MAX_SWAP_ROUNDS):
-        inside = np.zeros(n, dtype=bool)
-        inside[members] = True
         out = np.flatnonzero(~inside)
-        movable = members[~np.isin(members, kept)]
+        movable = members[movable_mask[members]]
         if movable.shape[0] == 0:
             break
         # dropping i and adding j: pair sum - 2 (to_set[i] - sim(i, i)) + 2 (to_set[j] - sim(i, j))
         new_pairs = (pair_sum - 2.0 * (to_set[movable] - diagonal[movable])[:, None]
                      + 2.0 * (to_set[out][None, :] - sims[np.ix_(movable, out)]))
-        trial = np.repeat(relevance[members][None, :], movable.shape[0], axis=0)
-        trial[np.arange(movable.shape[0]), np.searchsorted(members, movable)] = -np.inf
-        # every trial set: the members' relevance with i's dropped, plus j's, best first
-        rows = np.concatenate([trial[:, None, :].repeat(out.shape[0], axis=1), np.broadcast_to(
-            relevance[out][None, :, None], (movable.shape[0], out.shape[0], 1))], axis=2)
-        rows = -np.sort(-rows, axis=2)[:, :, :k]  # the dropped item's -inf sorts last and falls off
-        values = objective(rows @ discount, new_pairs)
+        # the gain of each trial set in pool order: the members left after dropping i keep their
+        # order, and j goes in at rank r, pushing the ones after it a rank down
+        dropped = np.searchsorted(members, movable)
+        keep = np.ones((movable.shape[0], k), dtype=bool)
+        keep[np.arange(movable.shape[0]), dropped] = False
+        rest = np.broadcast_to(relevance[members], (movable.shape[0], k))[keep].reshape(-1, k - 1)
+        at_rank = np.zeros((movable.shape[0], k))  # sum of rest before rank r, at their own ranks
+        np.cumsum(rest * discount[:-1], axis=1, out=at_rank[:, 1:])
+        pushed = np.zeros((movable.shape[0], k))  # ... and a rank further down
+        np.cumsum(rest * discount[1:], axis=1, out=pushed[:, 1:])
+        rank = np.searchsorted(members, out)[None, :] - (movable[:, None] < out[None, :])
+        gain = (np.take_along_axis(at_rank, rank, axis=1) + relevance[out][None, :] * discount[rank]
+                + pushed[:, -1:] - np.take_along_axis(pushed, rank, axis=1))
+        values = objective(gain, new_pairs)
         best = np.unravel_index(int(values.argmax()), values.shape)
         if values[best] <= current + 1e-12:
             break
@@ -211,7 +219,9 @@ def swap_search(relevance: np.ndarray, sims: np.ndarray, picked: np.ndarray, fix
         current = values[best]
         pair_sum = float(new_pairs[best])
         to_set += sims[:, add] - sims[:, drop]
-        members = np.sort(np.concatenate([members[members != drop], [add]]))
+        inside[drop], inside[add] = False, True
+        movable_mask[drop], movable_mask[add] = False, True
+        members = np.flatnonzero(inside)
     return members
 
 
