@@ -684,3 +684,28 @@ def test_mmr_swap_search_reaches_a_set_no_single_swap_improves(model) -> None:
         MMR("mmr", MMR.Params(search="exhaustive")).validate()
     with pytest.raises(ValueError, match="page must be >= 2"):
         MMR("mmr", MMR.Params(page=1)).validate()
+
+
+def test_mmr_swap_search_on_random_shapes_returns_every_candidate_once(model) -> None:
+    """Pools shorter than a page, k above the pool, keep_top above k, tied scores: the swap
+    search always returns a permutation of the ranking, its pages in the scorer's order."""
+    from hybridrec.plugins.rerankers import MMR
+
+    rng = np.random.default_rng(5)
+    for trial in range(300):
+        n, k, pool = (int(v) for v in rng.integers(1, 40, size=3))
+        keep_top, page = int(rng.integers(0, 12)), int(rng.integers(2, 12))
+        items = rng.choice(model.num_items, size=n, replace=False).astype(np.int64)
+        cands = Candidates(items=items, scores={})
+        cands.final = (np.ones(n) if trial % 7 == 0 else rng.random(n)).astype(np.float32)
+        ranked = top_positions(cands.final, n)
+        stage = MMR("mmr", MMR.Params(lambda_weight=float(rng.random()), pool=pool, redundancy="mean",
+                                      keep_top=keep_top, search="swap", page=page,
+                                      similarity=("content", "cf", "category")[trial % 3]))
+        out = stage.rerank(make_ctx(model, k=k), cands, ranked)
+        assert sorted(out.tolist()) == sorted(ranked.tolist())
+        listed = min(k, n, max(k, pool))
+        for start in range(0, listed, page):
+            scores = cands.final[out[start:min(start + page, listed)]]
+            assert (np.diff(scores) <= 0).all()
+        assert out[:min(keep_top, listed)].tolist() == ranked[:min(keep_top, listed)].tolist()
