@@ -48,3 +48,35 @@ def test_movielens_100k_served_every_user_gets_10_unseen_items(tmp_path: Path) -
                 assert not result.cold_start and not result.degraded_stages
     finally:
         running.stop(grace=None)
+
+
+def test_the_movielens_config_serves_every_pipeline_over_grpc(tmp_path: Path) -> None:
+    """`hybridrec train` and `serve` with the shipped MovieLens config: every pipeline answers 10
+    unseen items through the real server, and the genre MMR pipeline's lists cover more genres
+    than the hybrid's (its swap search diversifies them)."""
+    from hybridrec.server.config import load_training_config
+
+    config_path = Path(__file__).resolve().parents[1] / "server" / "configs" / "movielens-100k.yaml"
+    paths = convert(shared_dataset("ml-100k"), tmp_path / "data")
+    train(paths["events"], paths["items"], load_training_config(config_path), tmp_path / "model")
+    state = load_state(tmp_path / "model", config_path)
+    model = state.model
+    assert model.item_categories is not None
+    running = create_server(state, "127.0.0.1:0")
+    lists: dict[str, list[list[int]]] = {name: [] for name in state.config.pipelines}
+    try:
+        with RecommenderClient(f"127.0.0.1:{running.port}", timeout=10) as client:
+            for user in model.user_ids[::9].tolist():  # 105 users
+                seen = {str(model.item_ids[i]) for i in model.history(model.user_index[user])[0]}
+                for name in state.config.pipelines:
+                    result = client.recommend(user, k=10, pipeline=name, explain=True)
+                    assert result.pipeline == name and not result.degraded_stages, (user, name)
+                    assert len(result.items) == 10 and len(set(result.item_ids)) == 10, (user, name)
+                    assert not seen & set(result.item_ids), (user, name)
+                    lists[name].append([model.item_index[i] for i in result.item_ids])
+    finally:
+        running.stop(grace=None)
+    genre_ild = {name: metrics.category_diversity(np.array(rows), model.item_categories, 10)
+                 for name, rows in lists.items()}
+    print({name: round(value, 4) for name, value in genre_ild.items()})
+    assert genre_ild["hybrid_mmr_genres"] > genre_ild["hybrid"] * 1.1
