@@ -198,12 +198,25 @@ def _quiet_training(args: argparse.Namespace) -> None:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate
-    from .reports import prepare_output, write_reports
+    from .reports import prepare_output, summarise_seeds, write_reports, write_seed_summary
 
     _quiet_training(args)
     prepare_output(args.out, "--out", folder=True)
-    report = evaluate(args.data, args.config, split=args.split, test_ratio=args.test_ratio, seed=args.seed,
-                      ks=args.k, pipelines=args.pipelines, cold_start=not args.no_cold_start, progress=_progress)
+    options = dict(split=args.split, test_ratio=args.test_ratio, ks=args.k, pipelines=args.pipelines,
+                   cold_start=not args.no_cold_start, progress=_progress)
+    if args.seeds:
+        reports = {}
+        for seed in args.seeds:  # each seed's reports are written as it finishes: an interrupted run keeps them
+            _progress(f"seed {seed} ({len(reports) + 1} of {len(args.seeds)})")
+            reports[seed] = evaluate(args.data, args.config, seed=seed, **options)
+            write_reports(args.out / f"seed-{seed}", reports[seed])
+        summary = summarise_seeds(reports)
+        paths = write_seed_summary(args.out, summary)
+        _print_seed_summary(summary)
+        print(f"evaluated {len(reports)} seeds in {summary['seconds']} s; reports: "
+              f"{', '.join(str(p) for p in paths.values())} and seed-*/ beside them")
+        return 0
+    report = evaluate(args.data, args.config, seed=args.seed, **options)
     paths = write_reports(args.out, report)
     ks = report["ks"]
     k = 10 if 10 in ks else ks[0]
@@ -218,6 +231,28 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
               f"{cold['random_recall@10']:.4f} ({cold['ratio']:.1f}x) over {cold['held_out_items']} held-out items")
     print(f"evaluated in {report['seconds']} s; reports: {', '.join(str(p) for p in paths.values())}")
     return 0
+
+
+def _print_seed_summary(summary: dict) -> None:
+    from .reports import percent_range
+
+    k, best, n = summary["k"], summary["best"], len(summary["seeds"])
+    ndcg, precision = f"ndcg@{k}", f"precision@{k}"
+    rows = []
+    for name, found in summary["pipelines"].items():
+        gap = summary["gap_to_best"].get(name)
+        rows.append([name, *(f"{found[key]['mean']:.4f} ± {found[key]['sd']:.4f}" for key in (ndcg, precision)),
+                     f"{found[ndcg]['min']:.4f} to {found[ndcg]['max']:.4f}",
+                     "best" if gap is None else f"{gap['mean']:+.4f} ± {gap['sd']:.4f}, behind on {gap['best_ahead']} of {n}"])
+    print(_table(rows, ["pipeline", f"{ndcg} mean ± sd", f"{precision} mean ± sd", f"{ndcg} min to max", f"gap to {best}"]))
+    for mmr in summary["mmr"]:
+        ndcg_change, diversity_change = mmr["ndcg_change_percent"], mmr["diversity_change_percent"]
+        print(f"MMR {mmr['pipeline']} at lambda {mmr['lambda']:g} against lambda 1: "
+              f"ndcg@10 {percent_range(ndcg_change)}, {mmr['diversity']} {percent_range(diversity_change)}")
+    cold = summary.get("cold_start_items")
+    if cold:
+        print(f"cold-start items: content recall@10 {cold['ratio']['mean']:.1f}x random "
+              f"({cold['ratio']['min']:.1f}x-{cold['ratio']['max']:.1f}x)")
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
@@ -302,6 +337,18 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+class _DistinctSeeds(argparse.Action):
+    """`--seeds`: two or more, none repeated (a repeated seed would count one split twice)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        if len(values) < 2:
+            parser.error(f"{option_string}: give at least two seeds (--seed for one)")
+        repeated = sorted({seed for seed in values if values.count(seed) > 1})
+        if repeated:
+            parser.error(f"{option_string}: seed {repeated[0]} is given more than once")
+        setattr(namespace, self.dest, values)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hybridrec", description="Hybrid recommendation model server.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -379,7 +426,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     p.add_argument("--split", default="random", choices=["random", "temporal", "leave_last"])
     p.add_argument("--test-ratio", type=float, default=0.25)
-    p.add_argument("--seed", type=int, default=42)
+    seeds = p.add_mutually_exclusive_group()
+    seeds.add_argument("--seed", type=int, default=42, help="the split's seed")
+    seeds.add_argument("--seeds", type=int, nargs="+", action=_DistinctSeeds, default=None,
+                       help="evaluate once per seed (each its own split and model) and summarise the spread: "
+                            "OUT/seeds.md and .json, each seed's reports in OUT/seed-S/")
     p.add_argument("-k", "--k", type=positive_int, nargs="+", default=[5, 10, 20], help="cut-offs")
     p.add_argument("--pipelines", nargs="+", default=None, help="default: every pipeline of the config")
     p.add_argument("--no-cold-start", action="store_true", help="skip the cold-start item and user runs")

@@ -324,3 +324,135 @@ def _curve_key(points: list[dict], prefix: str) -> str:
             if key.startswith(prefix):
                 return key
     return f"{prefix}{MAIN_K}"
+
+
+# ---- several seeds: how much of a difference between pipelines is the split's luck ----
+
+SEED_METRICS = ("precision", "recall", "ndcg", "map", "hitrate", "coverage", "ild", "category_ild")
+
+
+def spread(values: Sequence[float]) -> dict[str, float]:
+    """Mean, sample standard deviation, min and max of one figure over the seeds."""
+    import numpy as np
+
+    array = np.asarray(values, dtype=np.float64)
+    return {"mean": float(array.mean()), "sd": float(array.std(ddof=1)) if array.shape[0] > 1 else 0.0,
+            "min": float(array.min()), "max": float(array.max()), "values": array.tolist()}
+
+
+def summarise_seeds(reports: dict[int, dict]) -> dict:
+    """One summary of `evaluate` reports that differ only in the split's seed (each seed draws its
+    own test set and trains its own model): each pipeline's metrics @k as mean, sd, min and max;
+    every pipeline's NDCG@k gap to the best one (by mean), seed by seed, and on how many seeds
+    the best is ahead; each MMR pipeline's change at its configured lambda against lambda 1 (the
+    same lists without diversification); the cold-start figures."""
+    seeds = list(reports)
+    runs = list(reports.values())
+    k = main_k(runs[0])
+    names = [p for p in runs[0].get("pipelines") or {} if all(p in r["pipelines"] for r in runs)]
+
+    def figures(metrics_of) -> dict[str, dict[str, float]]:
+        keys = [f"{m}@{k}" for m in SEED_METRICS if all(f"{m}@{k}" in metrics_of(r) for r in runs)]
+        return {key: spread([metrics_of(r)[key] for r in runs]) for key in keys}
+
+    ndcg = f"ndcg@{k}"
+    pipelines = {name: figures(lambda r, n=name: r["pipelines"][n]["metrics"]) for name in names}
+    best = max(names, key=lambda n: pipelines[n][ndcg]["mean"]) if names else None
+    gaps = {}
+    for name in names:
+        if name != best:
+            diffs = [b - o for b, o in zip(pipelines[best][ndcg]["values"], pipelines[name][ndcg]["values"])]
+            gaps[name] = {**spread(diffs), "best_ahead": sum(d > 0 for d in diffs)}
+    summary: dict[str, Any] = {"dataset": runs[0].get("dataset"), "seeds": seeds, "k": k,
+                               "splits": [r.get("split") for r in runs], "pipelines": pipelines, "best": best,
+                               "gap_to_best": gaps, "mmr": _mmr_changes(runs),
+                               "seconds": round(sum(float(r.get("seconds", 0.0)) for r in runs), 1)}
+    items = [r.get("cold_start_items") or {} for r in runs]
+    if all("ratio" in section for section in items):
+        summary["cold_start_items"] = {key: spread([section[key] for section in items])
+                                       for key in (f"recall@{MAIN_K}", f"random_recall@{MAIN_K}", "ratio")}
+    users = [((r.get("cold_start_users") or {}).get("metrics") or {}) for r in runs]
+    if users[0]:
+        summary["cold_start_users"] = {name: figures(lambda r, n=name: r["cold_start_users"]["metrics"][n])
+                                       for name in users[0] if all(name in u for u in users)}
+    return summary
+
+
+def _mmr_changes(runs: list[dict]) -> list[dict]:
+    """Per MMR pipeline: % change of NDCG@10 and of its diversity at the configured lambda against
+    lambda 1, over the seeds (only for curves that have both points in every run)."""
+    out = []
+    first = runs[0].get("mmr_curves") or []
+    for curve in first:
+        name, default, space = curve.get("pipeline"), curve.get("default_lambda"), curve.get("diversity", "ild@10")
+        ndcg_changes, diversity_changes = [], []
+        for run in runs:
+            found = next((c for c in run.get("mmr_curves") or [] if c.get("pipeline") == name), None)
+            points = {p.get("lambda"): p for p in (found or {}).get("points") or []}
+            if 1.0 not in points or default not in points or default == 1.0:
+                break
+            plain, served = points[1.0], points[default]
+            ndcg_changes.append(100.0 * (served[f"ndcg@{MAIN_K}"] / plain[f"ndcg@{MAIN_K}"] - 1.0))
+            diversity_changes.append(100.0 * (served[space] / plain[space] - 1.0))
+        else:
+            out.append({"pipeline": name, "lambda": default, "diversity": space,
+                        "ndcg_change_percent": spread(ndcg_changes), "diversity_change_percent": spread(diversity_changes)})
+    return out
+
+
+def _spread_cell(found: dict | None) -> str:
+    if not found:
+        return MISSING
+    return f"{found['mean']:.4f} ± {found['sd']:.4f} ({found['min']:.4f} to {found['max']:.4f})"
+
+
+def percent_range(found: dict) -> str:
+    """A % change over the seeds: its mean, then its range."""
+    return f"{found['mean']:+.1f}% ({found['min']:+.1f}% to {found['max']:+.1f}%)"
+
+
+def render_seeds_markdown(summary: dict) -> str:
+    k, seeds, best = summary["k"], summary["seeds"], summary.get("best")
+    lines = [f"# Evaluation over {len(seeds)} seeds: {summary.get('dataset') or MISSING}", "",
+             f"- **Seeds:** {', '.join(str(s) for s in seeds)}. Each seed draws its own test set and trains its "
+             "own model; each seed's full report is in its folder: "
+             + ", ".join(f"[seed-{s}](seed-{s}/report.md)" for s in seeds) + ".",
+             f"- **Splits:** {'; '.join(str(s) for s in summary.get('splits') or [])}",
+             f"- **Total time:** {summary.get('seconds', MISSING)} s", "",
+             f"## Metrics @{k}: mean ± sd (min to max) over the seeds", ""]
+    pipelines = summary.get("pipelines") or {}
+    keys = [f"{m}@{k}" for m in SEED_METRICS if any(f"{m}@{k}" in found for found in pipelines.values())]
+    lines.append(_table(["pipeline", *keys], [[name, *(_spread_cell(found.get(key)) for key in keys)]
+                                              for name, found in pipelines.items()]))
+    gaps = summary.get("gap_to_best") or {}
+    if gaps:
+        lines += [f"## Against the best pipeline by mean ndcg@{k}: {best}", "",
+                  f"The gap is {best}'s ndcg@{k} minus the pipeline's, seed by seed (paired: the same test set).", "",
+                  _table(["pipeline", f"ndcg@{k} gap, mean ± sd (min to max)", f"{best} ahead on"],
+                         [[name, _spread_cell(gap), f"{gap['best_ahead']} of {len(seeds)} seeds"]
+                          for name, gap in gaps.items()])]
+    if summary.get("mmr"):
+        lines += ["## MMR at the configured λ, against λ = 1 (the same lists without MMR)", "",
+                  _table(["pipeline", "λ", "diversity", f"ndcg@{MAIN_K} change, mean (min to max)",
+                          "diversity change, mean (min to max)"],
+                         [[m["pipeline"], _lambda_label(m["lambda"]), m["diversity"], percent_range(m["ndcg_change_percent"]),
+                           percent_range(m["diversity_change_percent"])] for m in summary["mmr"]])]
+    if summary.get("cold_start_items"):
+        items = summary["cold_start_items"]
+        lines += ["## Cold-start items", "",
+                  _table(["measure", "mean ± sd (min to max)"], [[key, _spread_cell(found)] for key, found in items.items()])]
+    if summary.get("cold_start_users"):
+        lines += [f"## Cold-start users: ndcg@{k}", "",
+                  _table(["pipeline", f"ndcg@{k}, mean ± sd (min to max)"],
+                         [[name, _spread_cell(found.get(f"ndcg@{k}"))] for name, found in summary["cold_start_users"].items()])]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_seed_summary(out_dir: str | Path, summary: dict) -> dict[str, Path]:
+    """Write ``seeds.json`` and ``seeds.md`` into ``out_dir`` (created)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "seeds.json", "markdown": out / "seeds.md"}
+    paths["json"].write_text(json.dumps(summary, indent=2, sort_keys=True, default=_json_default) + "\n", encoding="utf-8")
+    paths["markdown"].write_text(render_seeds_markdown(summary), encoding="utf-8")
+    return paths

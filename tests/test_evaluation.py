@@ -122,6 +122,45 @@ def test_cli_evaluate_writes_reports(demo_dir: Path, tmp_path: Path, capsys) -> 
         assert (tmp_path / "rep" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_cli_evaluate_over_several_seeds_summarises_the_spread(demo_dir: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "seeds"
+    code = main(["evaluate", "--data", str(demo_dir), "--k", "10", "--pipelines", "hybrid", "popularity",
+                 "--no-cold-start", "--seeds", "3", "5", "--out", str(out)])
+    assert code == 0
+    runs = {seed: json.loads((out / f"seed-{seed}" / "report.json").read_text()) for seed in (3, 5)}
+    assert [runs[seed]["split"] for seed in (3, 5)] == ["random (test ratio 0.25, seed 3)", "random (test ratio 0.25, seed 5)"]
+    assert (out / "seed-3" / "report.md").is_file() and (out / "seed-5" / "metrics.png").is_file()
+    ndcg = {name: [runs[seed]["pipelines"][name]["metrics"]["ndcg@10"] for seed in (3, 5)] for name in ("hybrid", "popularity")}
+    assert ndcg["hybrid"][0] != ndcg["hybrid"][1]  # two splits, two models
+    summary = json.loads((out / "seeds.json").read_text())
+    assert summary["seeds"] == [3, 5]
+    for name, values in ndcg.items():
+        assert summary["pipelines"][name]["ndcg@10"]["mean"] == pytest.approx(np.mean(values))
+        assert summary["pipelines"][name]["ndcg@10"]["sd"] == pytest.approx(np.std(values, ddof=1))
+    best = max(ndcg, key=lambda name: np.mean(ndcg[name]))
+    other = "popularity" if best == "hybrid" else "hybrid"
+    assert summary["best"] == best
+    assert summary["gap_to_best"][other]["best_ahead"] == sum(b > o for b, o in zip(ndcg[best], ndcg[other]))
+    (mmr,) = summary["mmr"]  # the demo hybrid's MMR, at its lambda 0.7, against lambda 1 on each seed
+    curves = [{p["lambda"]: p for p in runs[seed]["mmr_curves"][0]["points"]} for seed in (3, 5)]
+    assert mmr["ndcg_change_percent"]["values"] == pytest.approx(
+        [100 * (c[0.7]["ndcg@10"] / c[1.0]["ndcg@10"] - 1) for c in curves])
+    assert "cold_start_items" not in summary and "cold_start_users" not in summary
+    printed = capsys.readouterr().out
+    assert f"gap to {best}" in printed and "MMR hybrid at lambda 0.7 against lambda 1" in printed
+    assert "## Against the best pipeline by mean ndcg@10" in (out / "seeds.md").read_text()
+
+
+@pytest.mark.parametrize("seeds, message", [(["3"], "give at least two seeds"), (["3", "4", "3"], "seed 3 is given more than once")])
+def test_evaluate_refuses_bad_seed_lists_before_reading_data(tmp_path: Path, seeds: list[str], message: str, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", "--data", str(tmp_path / "absent"), "--seeds", *seeds])
+    assert exit_info.value.code == 2 and f"--seeds: {message}" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--data", str(tmp_path / "absent"), "--seeds", "1", "2", "--seed", "3"])
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
 def test_weight_grid() -> None:
     grid = weight_grid(["a", "b"])
     assert len(grid) == 11 and all(sum(g.values()) == pytest.approx(1.0) for g in grid)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hybridrec.server.reports import render_markdown, write_reports
+from hybridrec.server.reports import render_markdown, summarise_seeds, write_reports, write_seed_summary
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 NAMES = ("precision", "recall", "ndcg", "map", "hitrate", "mrr", "coverage", "ild", "novelty", "popularity_bias")
@@ -184,3 +184,48 @@ def test_importing_reports_does_not_import_matplotlib() -> None:
     code = "import sys, hybridrec.server.reports; print('matplotlib' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def seed_report(hybrid_ndcg: float, popularity_ndcg: float, mmr_ndcg: float, mmr_ild: float, ratio: float) -> dict:
+    """A full report whose headline figures are set by hand, for the several-seeds summary."""
+    report = full_report()
+    report["pipelines"]["hybrid"]["metrics"]["ndcg@10"] = hybrid_ndcg
+    report["pipelines"]["popularity"]["metrics"]["ndcg@10"] = popularity_ndcg
+    report["mmr_curves"] = [{"pipeline": "hybrid_mmr", "default_lambda": 0.7, "diversity": "ild@10", "points": [
+        {"lambda": 1.0, "ndcg@10": 0.50, "ild@10": 0.60}, {"lambda": 0.7, "ndcg@10": mmr_ndcg, "ild@10": mmr_ild}]}]
+    report["cold_start_items"]["ratio"] = ratio
+    return report
+
+
+def test_the_seed_summary_by_hand(tmp_path: Path) -> None:
+    reports = {42: seed_report(0.50, 0.20, 0.48, 0.72, 4.0), 1: seed_report(0.46, 0.21, 0.45, 0.69, 2.0),
+               2: seed_report(0.42, 0.44, 0.40, 0.66, 3.0)}
+    summary = summarise_seeds(reports)
+    assert summary["seeds"] == [42, 1, 2] and summary["k"] == 10
+    ndcg = summary["pipelines"]["hybrid"]["ndcg@10"]
+    assert ndcg["mean"] == pytest.approx(0.46) and ndcg["sd"] == pytest.approx(0.04)  # sample sd of .50 .46 .42
+    assert (ndcg["min"], ndcg["max"]) == (0.42, 0.50)
+    assert summary["best"] == "hybrid"  # 0.46 against popularity's 0.2833 on average, though behind on seed 2
+    gap = summary["gap_to_best"]["popularity"]
+    assert gap["values"] == pytest.approx([0.30, 0.25, -0.02]) and gap["best_ahead"] == 2
+    assert set(summary["gap_to_best"]) == {"popularity"}
+    (mmr,) = summary["mmr"]
+    assert (mmr["pipeline"], mmr["lambda"], mmr["diversity"]) == ("hybrid_mmr", 0.7, "ild@10")
+    assert mmr["ndcg_change_percent"]["values"] == pytest.approx([-4.0, -10.0, -20.0])
+    assert mmr["diversity_change_percent"]["values"] == pytest.approx([20.0, 15.0, 10.0])
+    assert summary["cold_start_items"]["ratio"]["mean"] == pytest.approx(3.0)
+    assert summary["cold_start_users"]["hybrid"]["ndcg@10"]["sd"] == 0.0  # the same in every run here
+    paths = write_seed_summary(tmp_path, summary)
+    assert json.loads(paths["json"].read_text(encoding="utf-8"))["gap_to_best"]["popularity"]["best_ahead"] == 2
+    text = paths["markdown"].read_text(encoding="utf-8")
+    hybrid_row = next(line for line in text.splitlines() if line.startswith("| hybrid |"))
+    assert "| 0.4600 ± 0.0400 (0.4200 to 0.5000) |" in hybrid_row  # its ndcg@10 cell
+    assert "| popularity | 0.1767 ± 0.1721 (-0.0200 to 0.3000) | 2 of 3 seeds |" in text
+    assert "| hybrid_mmr | 0.7 | ild@10 | -11.3% (-20.0% to -4.0%) | +15.0% (+10.0% to +20.0%) |" in text
+    assert "[seed-42](seed-42/report.md)" in text
+
+
+def test_a_seed_summary_skips_an_mmr_curve_without_its_lambda_1_point() -> None:
+    reports = {1: seed_report(0.5, 0.2, 0.48, 0.72, 4.0), 2: seed_report(0.5, 0.2, 0.48, 0.72, 4.0)}
+    reports[2]["mmr_curves"][0]["points"] = reports[2]["mmr_curves"][0]["points"][1:]
+    assert summarise_seeds(reports)["mmr"] == []
