@@ -108,6 +108,8 @@ class FaissCF(CandidateSource):
         return ctx.model.item_factors[items] @ vector
 
     def reason(self, ctx: RequestContext, item: int, anchor: int) -> str:
+        if ctx.model.popularity[item] == 0:  # no events: its factors were predicted from its content
+            return "new here, and its description matches the tastes of people like you"
         return "liked by people whose tastes match yours"
 
 

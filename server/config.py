@@ -25,6 +25,7 @@ DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
 }
 
 BUILTIN_CONFIG_DIR = Path(__file__).parent / "configs"
+COLD_ITEMS = ("content", "none")  # training.collaborative.cold_items
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -80,6 +81,10 @@ class CollaborativeConfig:
     # once at training, so a request of a known user without context items reads them instead
     # of searching the index (the `faiss_cf` source's `lookup: auto`)
     user_candidates: int = 0
+    # items no event reached have no factors of their own: `content` gives them the factors their
+    # content embedding predicts (a ridge map fitted on the other items), so the CF source can
+    # find and score new items; `none` leaves them at zero
+    cold_items: str = "content"
 
 
 @dataclass
@@ -223,6 +228,9 @@ def load_training_config(path: str | Path | None) -> TrainingConfig:
             f"{path}: training.events.unknown_event_type: {events.unknown_event_type!r} is not one "
             "of: default_weight, reject"
         )
+    if config.collaborative.cold_items not in COLD_ITEMS:
+        raise ConfigError(f"{path}: training.collaborative.cold_items: {config.collaborative.cold_items!r} is not one "
+                          f"of: {', '.join(COLD_ITEMS)}")
     if events.transform not in ("none", "log1p"):
         raise ConfigError(f"{path}: training.events.transform: {events.transform!r} is not one of: none, log1p")
     for name, weight in events.weights.items():

@@ -27,6 +27,7 @@ from .movielens import convert
 from .pipeline import Pipeline, load_serving_config
 from .plugin_manager import Plugins
 from .service import RecommenderService
+from .stages import Candidates
 from .training import train
 
 log = logging.getLogger("hybridrec")
@@ -218,30 +219,40 @@ def mmr_curve(service: RecommenderService, name: str, users: list[str], relevant
 
 def cold_start_items_section(table: EventTable, items_csv: Path, config: TrainingConfig, pipelines_config: Path,
                              workdir: Path, pipeline: str, fraction: float, seed: int, k: int = 10) -> dict[str, Any]:
-    """Hold out whole items; rank only them by the content source of `pipeline`; compare with random."""
+    """Hold out whole items; rank only them for each user by `pipeline`'s own scorer over what its
+    sources know of them (content similarity, and CF factors predicted from content); compare
+    with random. Each content-based source's ranking alone is reported too."""
     test = splits.cold_start_items(table.items, fraction, seed)
     with trained(table, ~test, items_csv, config, pipelines_config, workdir, "cold-items") as service:
         model = service.state.model
-        source = next((s for s in service.state.config.pipelines[pipeline].sources
-                       if s.plugin_name == "faiss_content"), None)
-        if source is None:
+        pipe = service.state.config.pipelines[pipeline]
+        if not any(s.plugin_name == "faiss_content" for s in pipe.sources):
             return {"skipped": f"pipeline {pipeline!r} has no faiss_content source"}
+        content_based = [s.name for s in pipe.sources if s.plugin_name == "faiss_content"
+                         or (s.plugin_name == "faiss_cf" and model.manifest.get("cf_from_content"))]
         cold = np.unique([model.item_index[i] for i in np.unique(table.items[test]).tolist() if i in model.item_index])
         held = splits.held_out_items(table.users, table.items, test)
-        recalls = []
+        recalls: dict[str, list[float]] = {name: [] for name in ["blend", *content_based]}
         for user, items in held.items():
-            request = pb.RecommendRequest(user_id=str(user), k=k)
-            _, ctx, _ = service.recommend(request)
-            scores = source.score(ctx, cold)
-            if scores is None:
+            _, ctx, _ = service.recommend(pb.RecommendRequest(user_id=str(user), k=k))
+            scores = {s.name: s.score(ctx, cold) for s in pipe.sources}
+            scores = {name: np.asarray(v, dtype=np.float32) for name, v in scores.items() if v is not None}
+            if not any(name in scores for name in content_based):
                 continue
-            top = cold[np.argsort(-scores, kind="stable")[:k]]
+            candidates = Candidates(items=cold, scores=scores)
+            pipe.scorer.score(ctx, candidates)
             relevant = {model.item_index[i] for i in items.tolist() if i in model.item_index}
-            recalls.append(len(relevant & set(top.tolist())) / len(relevant))
-    recall = float(np.mean(recalls)) if recalls else 0.0
+            for name, ranking in (("blend", candidates.final), *((n, scores.get(n)) for n in content_based)):
+                if ranking is not None:
+                    top = cold[np.argsort(-ranking, kind="stable")[:k]]
+                    recalls[name].append(len(relevant & set(top.tolist())) / len(relevant))
+    recall = float(np.mean(recalls["blend"])) if recalls["blend"] else 0.0
     random_recall = metrics.random_recall_at_k(cold.shape[0], k)
-    return {"pipeline": pipeline, "held_out_items": int(cold.shape[0]), "users": len(recalls), f"recall@{k}": recall,
-            f"random_recall@{k}": random_recall, "ratio": recall / random_recall if random_recall else 0.0}
+    return {"pipeline": pipeline, "held_out_items": int(cold.shape[0]), "users": len(recalls["blend"]),
+            f"recall@{k}": recall, f"random_recall@{k}": random_recall,
+            "ratio": recall / random_recall if random_recall else 0.0,
+            **{f"{name} alone recall@{k}": float(np.mean(found)) for name, found in recalls.items()
+               if name != "blend" and found}}
 
 
 def cold_start_users_section(table: EventTable, items_csv: Path, config: TrainingConfig, pipelines_config: Path,

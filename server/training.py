@@ -102,6 +102,23 @@ def collaborative_factors(matrix: sp.csr_matrix, components: int, n_iter: int, s
     return user_factors, item_factors
 
 
+def content_mapped_factors(item_factors: np.ndarray, content: np.ndarray, cold: np.ndarray,
+                           ridge: float = 1.0) -> tuple[np.ndarray, int]:
+    """Factors for the items no event reached, whose SVD factors are all zero (so the CF source
+    could never find them): each gets the factors its content embedding predicts, by a ridge
+    regression from embeddings to factors fitted on the items that have both (the attribute-to-
+    feature mapping of Gantner et al., ICDM 2010). Returns the factors and how many items got them."""
+    has_content = np.einsum("ij,ij->i", content, content) > 0
+    fit, fill = ~cold & has_content, cold & has_content
+    if not fill.any() or int(fit.sum()) < content.shape[1]:
+        return item_factors, 0
+    x = content[fit].astype(np.float64)
+    mapping = np.linalg.solve(x.T @ x + ridge * np.eye(x.shape[1]), x.T @ item_factors[fit].astype(np.float64))
+    out = item_factors.copy()
+    out[fill] = (content[fill].astype(np.float64) @ mapping).astype(item_factors.dtype)
+    return out, int(fill.sum())
+
+
 def content_embeddings(catalogue: Catalogue, n_items: int, fields: list[str], dims: int,
                        max_features: int, embedding_column: str | None, seed: int) -> np.ndarray:
     """L2-normalised dense item vectors. Items only in events (no text) get zero vectors."""
@@ -350,7 +367,8 @@ def train(events_path: str | Path, items_path: str | Path, config: TrainingConfi
           out_dir: str | Path, config_path: str | Path | None = None) -> dict[str, Any]:
     """Train a bundle into `out_dir`; returns its manifest."""
     bundle.check_replaceable(Path(out_dir))  # now, not after minutes of training
-    steps = Steps("train", 8 + bool(config.content.neighbours) + bool(config.collaborative.user_candidates))
+    steps = Steps("train", 8 + bool(config.content.neighbours) + bool(config.collaborative.user_candidates)
+                  + (config.collaborative.cold_items == "content"))
     with steps.step(f"reading events {events_path}"):
         events = read_events(events_path, config.events)
     with steps.step(f"reading items {items_path}"):
@@ -374,6 +392,10 @@ def train(events_path: str | Path, items_path: str | Path, config: TrainingConfi
                                      config.content.max_features, config.content.embedding_column, config.seed)
         popularity = popularity_scores(item_of_event, events.weights, events.timestamps, n_items,
                                        config.popularity.half_life_days)
+    mapped = 0
+    if config.collaborative.cold_items == "content":
+        with steps.step("CF factors of items without events, from their content"):
+            item_factors, mapped = content_mapped_factors(item_factors, content, np.asarray(matrix.getnnz(axis=0)) == 0)
     with steps.step(f"FAISS indexes (cf: {indexes.resolve_factory(config.collaborative.index, n_items)}, "
                     f"content: {indexes.resolve_factory(config.content.index, n_items)})"):
         cf_index, cf_info = indexes.build_index(item_factors, config.collaborative.index, "collaborative",
@@ -426,6 +448,7 @@ def train(events_path: str | Path, items_path: str | Path, config: TrainingConfi
                    "events": int(events.users.shape[0])},
         "event_types": events.event_types,
         "dims": {"cf": int(item_factors.shape[1]), "content": int(content.shape[1])},
+        "cf_from_content": mapped,  # items whose CF factors their content predicted (no events)
         "categories": 0 if categories is None else int(categories[1].shape[0]),
         "item_item": {"method": item_item_method, "nnz": int(item_item["item_item_data"].shape[0])},
         "indexes": {"cf": cf_info, "content": content_info},

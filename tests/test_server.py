@@ -415,3 +415,15 @@ def test_swap_search_mmr_serves_its_set_best_first(demo_model, tmp_path) -> None
             assert changed > 0
     finally:
         running.stop(grace=None)
+
+
+def test_new_items_are_found_by_cf_through_their_content_and_say_so(client: RecommenderClient, model) -> None:
+    new = {str(model.item_ids[i]) for i in np.flatnonzero(model.popularity == 0)}
+    assert new and model.manifest["cf_from_content"] == len(new)  # the demo's items that got no events
+    found = {}
+    for user in users_by_activity(model)[:20]:
+        for item in client.recommend(user, k=100, pipeline="cf", explain=True).items:
+            if item.item_id in new:
+                found[item.item_id] = item.reason
+    assert found, "no new item in 20 users' CF lists of 100"
+    assert set(found.values()) == {"new here, and its description matches the tastes of people like you"}

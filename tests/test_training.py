@@ -13,7 +13,7 @@ from hybridrec.server.config import TrainingConfig, load_training_config
 from hybridrec.server.data import parse_timestamp, read_catalogue, read_events
 from hybridrec.server.errors import ConfigError, DataError
 from hybridrec.server.service import similar_items
-from hybridrec.server.training import train
+from hybridrec.server.training import content_mapped_factors, train
 
 from .helpers import basic_events, write_events, write_items
 
@@ -235,7 +235,7 @@ def test_items_only_in_events_are_kept_with_empty_content(tmp_path: Path) -> Non
 def test_training_config_errors_name_file_and_key(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("training:\n  collaborative:\n    componentz: 3\n")
-    with pytest.raises(ConfigError, match=r"c\.yaml: training\.collaborative: unknown key 'componentz'; valid keys: components"):
+    with pytest.raises(ConfigError, match=r"c\.yaml: training\.collaborative: unknown key 'componentz'; valid keys: cold_items, components"):
         load_training_config(path)
     path.write_text("training:\n  events:\n    unknown_event_type: ignore\n")
     with pytest.raises(ConfigError, match="not one of: default_weight, reject"):
@@ -256,6 +256,7 @@ def test_training_config_errors_name_file_and_key(tmp_path: Path) -> None:
     ("seed: -1", "training.seed: must be between 0 and 4294967295"),
     ("collaborative: {n_iter: -1}", "training.collaborative.n_iter: must be >= 0"),
     ("content: {max_features: 0}", "training.content.max_features: must be >= 1"),
+    ("collaborative: {cold_items: popularity}", "training.collaborative.cold_items: 'popularity' is not one of: content, none"),
 ])
 def test_training_config_values_that_would_break_training_are_refused(tmp_path: Path, section: str,
                                                                         error: str) -> None:
@@ -582,3 +583,41 @@ def test_serving_category_mmr_with_a_model_without_categories_is_warned(tiny: tu
     assert state.model.item_categories is None
     assert "pipeline diverse: re-ranker mmr diversifies over categories" in caplog.text
     assert "it uses content similarity" in caplog.text
+
+
+def test_content_mapped_factors_by_hand() -> None:
+    rng = np.random.default_rng(0)
+    content = rng.normal(size=(40, 5))
+    content[-1] = 0.0  # an item with neither events nor content
+    mapping = rng.normal(size=(5, 3))
+    factors = content @ mapping
+    cold = np.zeros(40, dtype=bool)
+    cold[-6:] = True
+    factors[cold] = 0.0
+    filled, count = content_mapped_factors(factors.astype(np.float32), content.astype(np.float32), cold, ridge=1e-9)
+    assert count == 5  # the item without content keeps zero factors
+    assert filled[-6:-1] == pytest.approx((content[-6:-1] @ mapping).astype(np.float32), abs=1e-4)
+    assert not filled[-1].any() and np.array_equal(filled[:-6], factors[:-6].astype(np.float32))
+    # the ridge shrinks the map: with a strong one, the predicted factors are smaller
+    shrunk, _ = content_mapped_factors(factors, content, cold, ridge=100.0)
+    assert np.linalg.norm(shrunk[-6:-1]) < np.linalg.norm(filled[-6:-1])
+    assert content_mapped_factors(factors, content, np.zeros(40, dtype=bool))[1] == 0  # nothing to fill
+
+
+def test_an_item_without_events_gets_the_cf_factors_its_content_predicts(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    events, items = tiny
+    manifest = train(events, items, tiny_config(), tmp_path / "model")
+    model = load_model(tmp_path / "model")
+    i8 = model.item_index["i8"]  # in the catalogue, no events
+    assert manifest["cf_from_content"] == 1
+    warm = np.arange(model.num_items) != i8
+    x = model.item_content[warm].astype(np.float64)
+    mapping = np.linalg.solve(x.T @ x + np.eye(x.shape[1]), x.T @ model.item_factors[warm])
+    assert model.item_factors[i8] == pytest.approx(model.item_content[i8] @ mapping, abs=1e-4)
+    assert np.linalg.norm(model.item_factors[i8]) > 0.01
+    config = tiny_config()
+    config.collaborative.cold_items = "none"
+    assert train(events, items, config, tmp_path / "plain")["cf_from_content"] == 0
+    plain = load_model(tmp_path / "plain")
+    assert not plain.item_factors[i8].any()
+    assert np.array_equal(plain.item_factors[warm], model.item_factors[warm])  # the other items are untouched
