@@ -61,7 +61,9 @@ class WeightedHybrid(Scorer):
     brings evidence: it takes the share prior_weight * exp(-n / prior_items) of the blend,
     where n counts the user's history items and the request's context items. A new user with
     five context items is then ranked partly by popularity, and a user with a long history
-    by the personal sources alone.
+    by the personal sources alone. With `prior_power` p the share is
+    prior_weight * exp(-(n / prior_items) ** p): p = 2 keeps popularity strong for the first few
+    items and drops it faster after them than p = 1.
     """
 
     plugin_name = "weighted_hybrid"
@@ -73,6 +75,7 @@ class WeightedHybrid(Scorer):
         fallback: str = "popularity"
         prior_weight: float = 0.0  # the fallback's share of the blend for a request without evidence
         prior_items: float = 8.0  # evidence scale: the share shrinks by e for every prior_items items
+        prior_power: float = 1.0  # the fade's shape: exp(-(n / prior_items) ** prior_power)
 
     def validate(self) -> None:
         if self.params.normalise not in NORMALISERS:
@@ -86,6 +89,8 @@ class WeightedHybrid(Scorer):
             raise ValueError(f"prior_weight must be between 0 and 1, got {self.params.prior_weight!r}")
         if not self.params.prior_items > 0:
             raise ValueError(f"prior_items must be > 0, got {self.params.prior_items!r}")
+        if not 0 < self.params.prior_power <= 8:
+            raise ValueError(f"prior_power must be > 0 and <= 8, got {self.params.prior_power!r}")
 
     def check_pipeline(self, pipeline) -> None:
         names = [s.name for s in pipeline.sources]
@@ -124,7 +129,7 @@ class WeightedHybrid(Scorer):
         if self.params.prior_weight <= 0.0:
             return 0.0
         evidence = ctx.history()[0].shape[0] + ctx.context_items.shape[0]
-        return self.params.prior_weight * math.exp(-evidence / self.params.prior_items)
+        return self.params.prior_weight * math.exp(-((evidence / self.params.prior_items) ** self.params.prior_power))
 
 
 @hookimpl

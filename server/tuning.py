@@ -39,9 +39,12 @@ SEARCH_CONTENT_DIMS = (16, 32, 64)
 SEARCH_NORMALISE = ("zscore", "minmax", "rank")
 SEARCH_MMR_SHAPES = tuple((redundancy, keep, search) for redundancy, search in
                           (("mean", "greedy"), ("max", "greedy"), ("mean", "swap")) for keep in (0, 2, 4, 6))
-# the scorer's popularity prior: (prior_weight, prior_items); (0, 8) is no prior
-SEARCH_PRIOR = ((0.0, 8.0), (0.2, 8.0), (0.2, 32.0), (0.4, 8.0), (0.4, 32.0), (0.6, 8.0), (0.6, 32.0), (0.8, 8.0),
-                (1.0, 4.0), (1.0, 8.0), (1.0, 16.0))
+# the scorer's popularity prior: (prior_weight, prior_items, prior_power); (0, 8, 1) is no prior. Power 2
+# keeps popularity strong for the first few items of evidence and fades it faster after them
+SEARCH_PRIOR = tuple((weight, items, 1.0) for weight, items in (
+    (0.0, 8.0), (0.2, 8.0), (0.2, 32.0), (0.4, 8.0), (0.4, 32.0), (0.6, 8.0), (0.6, 32.0), (0.8, 8.0),
+    (1.0, 4.0), (1.0, 8.0), (1.0, 16.0))) + tuple((weight, items, 2.0) for weight, items in (
+    (0.6, 12.0), (0.8, 10.0), (1.0, 8.0), (1.0, 10.0), (1.0, 12.0), (1.0, 16.0)))
 COLD_USERS = 0.2  # share of the training side's users held out to validate the prior for new users
 COLD_CONTEXT = 5  # their first items, given as context (as `evaluate`'s cold-start users run)
 MMR_LAMBDAS = tuple(round(0.95 - 0.05 * i, 2) for i in range(18))  # 0.95 down to 0.1
@@ -327,8 +330,8 @@ def tune(data: str | Path, base_config: str | Path, out_path: str | Path, pipeli
                     f"{COLD_CONTEXT} context items each")
                 prior = _tune_prior(batches, pipes, lists, pipeline, trials, say, cold)
             if prior is not None:
-                best = prior[2]
-                prior = prior[:2]
+                best = prior[3]
+                prior = prior[:3]
             del batches  # each MMR pipeline gathers its own
             names = [mmr_pipeline] if mmr_pipeline else mmr_pipelines_of(raw, pipeline, services[0].state.config.pipelines)
             for name in names:  # with several, each trial and line names its pipeline
@@ -351,8 +354,9 @@ def tune(data: str | Path, base_config: str | Path, out_path: str | Path, pipeli
             "seconds": round(time.perf_counter() - started, 1)}
 
 
-def _tune_prior(batches, pipes, lists, pipeline: str, trials: list, say, cold) -> tuple[float, float, float] | None:
-    """The scorer's popularity prior (prior_weight, prior_items), with its validation ndcg@10, or
+def _tune_prior(batches, pipes, lists, pipeline: str, trials: list, say,
+                cold) -> tuple[float, float, float, float] | None:
+    """The scorer's popularity prior (prior_weight, prior_items, prior_power), with its validation ndcg@10, or
     None to keep the config's own.
 
     The prior is for requests with little evidence, which the main folds hardly contain, so it
@@ -363,24 +367,24 @@ def _tune_prior(batches, pipes, lists, pipeline: str, trials: list, say, cold) -
     params = pipes[0].scorer.params
     cold_service, contexts, cold_relevant = cold
     cold_params = cold_service.state.config.pipelines[pipeline].scorer.params
-    incumbent = (params.prior_weight, params.prior_items)
+    incumbent = (params.prior_weight, params.prior_items, params.prior_power)
     settings = [incumbent] + [s for s in SEARCH_PRIOR if s != incumbent and not (s[0] == 0 and incumbent[0] == 0)]
     cold_batch = Gathered(cold_service, pipeline, [""] * len(contexts), 10, contexts) if contexts else None
     found = []  # (setting, main ndcg@10, new users' ndcg@10)
     for setting in settings:
         scores = []
         for batch, pipe, (_, relevant) in zip(batches, pipes, lists):
-            pipe.scorer.params.prior_weight, pipe.scorer.params.prior_items = setting
+            set_prior(pipe.scorer.params, setting)
             recs = batch.top()
             scores.append(metrics.ranking_metrics(recs, relevant, (10,))["ndcg@10"])
-        cold_params.prior_weight, cold_params.prior_items = setting
+        set_prior(cold_params, setting)
         new_users = 0.0  # no user with enough items to hold out: main folds alone decide
         if cold_batch is not None:
             recs = cold_batch.top()
             new_users = metrics.ranking_metrics(recs, cold_relevant, (10,))["ndcg@10"]
         found.append((setting, float(np.mean(scores)), new_users))
         label = "prior (config's own)" if setting == incumbent else "prior"
-        trials.append({"trial": f"{label} {setting[0]} x exp(-n / {setting[1]:g})", "ndcg@10": round(found[-1][1], 5),
+        trials.append({"trial": f"{label} {prior_label(setting)}", "ndcg@10": round(found[-1][1], 5),
                        "new_users_ndcg@10": round(new_users, 5)})
         say(f"  {trials[-1]['trial']:<48} validation ndcg@10 {found[-1][1]:.4f}, new users {new_users:.4f}")
     top = max(main for _, main, _ in found)
@@ -391,13 +395,23 @@ def _tune_prior(batches, pipes, lists, pipeline: str, trials: list, say, cold) -
         pick = own
     chosen = None if pick is own else (*pick[0], pick[1])
     for pipe in pipes:  # what later steps (MMR) run with
-        pipe.scorer.params.prior_weight, pipe.scorer.params.prior_items = pick[0]
-    say(f"  popularity prior {pick[0] if chosen else 'unchanged'}: validation ndcg@10 {pick[1]:.4f}, "
+        set_prior(pipe.scorer.params, pick[0])
+    say(f"  popularity prior {prior_label(pick[0]) if chosen else 'unchanged'}: validation ndcg@10 {pick[1]:.4f}, "
         f"new users {pick[2]:.4f}")
     return chosen
 
 
-def _tune_mmr(services, name: str, weights, lists, trials: list, say, prior: tuple[float, float] | None = None,
+def set_prior(params, setting: tuple[float, float, float]) -> None:
+    """Set a weighted_hybrid scorer's (prior_weight, prior_items, prior_power)."""
+    params.prior_weight, params.prior_items, params.prior_power = setting
+
+
+def prior_label(setting: tuple[float, float, float]) -> str:
+    weight, items, power = setting
+    return f"{weight} x exp(-n / {items:g})" if power == 1 else f"{weight} x exp(-(n / {items:g})^{power:g})"
+
+
+def _tune_mmr(services, name: str, weights, lists, trials: list, say, prior: tuple[float, float, float] | None = None,
               normalise: str | None = None, shapes: Sequence[tuple[str, int, str]] = (), label_prefix: str = "",
               max_loss: float = MMR_MAX_NDCG_LOSS) -> tuple[float | None, tuple[str, int, str] | None]:
     """The most diverse MMR lambda whose ndcg@10, averaged over the folds, stays within
@@ -410,7 +424,7 @@ def _tune_mmr(services, name: str, weights, lists, trials: list, say, prior: tup
         if weights is not None:
             pipe.scorer.params.weights = weights
         if prior is not None and hasattr(pipe.scorer.params, "prior_weight"):
-            pipe.scorer.params.prior_weight, pipe.scorer.params.prior_items = prior
+            set_prior(pipe.scorer.params, prior)
         if normalise is not None:
             pipe.scorer.params.normalise = normalise
         stages.append(mmr_stage(pipe))
@@ -485,7 +499,7 @@ def mmr_pipelines_of(raw: dict, pipeline: str, pipelines: dict[str, Any]) -> lis
 
 def apply_tuned(raw: dict, config: TrainingConfig, pipeline: str,
                 mmr: dict[str, tuple[float | None, tuple[str, int, str] | None]], weights: dict | None,
-                prior: tuple[float, float] | None = None, normalise: str | None = None) -> dict:
+                prior: tuple[float, float, float] | None = None, normalise: str | None = None) -> dict:
     """The base YAML with the tuned training config, the blend, normalisation and prior in
     `pipeline` and each tuned MMR pipeline, and each MMR pipeline's own lambda and shape."""
     tuned = copy.deepcopy(raw)
@@ -499,7 +513,7 @@ def apply_tuned(raw: dict, config: TrainingConfig, pipeline: str,
         if weights is not None and isinstance(scorer, dict):
             scorer.setdefault("params", {})["weights"] = dict(weights)
         if prior is not None and isinstance(scorer, dict):
-            scorer.setdefault("params", {}).update(prior_weight=prior[0], prior_items=prior[1])
+            scorer.setdefault("params", {}).update(prior_weight=prior[0], prior_items=prior[1], prior_power=prior[2])
         if normalise is not None and isinstance(scorer, dict):
             scorer.setdefault("params", {})["normalise"] = normalise
         for entry in spec.get("rerankers") or []:

@@ -226,7 +226,7 @@ def test_tune_writes_a_config_train_and_serve_accept(demo_dir: Path, tmp_path: P
     assert any(t["trial"].startswith("prior ") for t in result["trials"])
     if result["prior"]:
         scorer = serving.pipelines["hybrid_no_mmr"].scorer.params
-        assert (scorer.prior_weight, scorer.prior_items) == tuple(result["prior"])
+        assert (scorer.prior_weight, scorer.prior_items, scorer.prior_power) == tuple(result["prior"])
 
 
 def test_tune_with_structure_searches_the_transform_and_the_item_item_method(demo_dir: Path, tmp_path: Path,
@@ -372,7 +372,7 @@ def test_the_movielens_config_is_the_untuned_one_with_only_the_searched_values_c
            for name in mmr_pipelines_of(untuned_raw, "hybrid", pipelines)}
     assert "hybrid_mmr" in mmr
     rebuilt = apply_tuned(untuned_raw, tuned, "hybrid", mmr, scorer["weights"],
-                          (scorer["prior_weight"], scorer["prior_items"]))
+                          (scorer["prior_weight"], scorer["prior_items"], scorer.get("prior_power", 1.0)))
     assert rebuilt["pipelines"] == tuned_raw["pipelines"] and rebuilt["server"] == tuned_raw["server"]
     for path in (MOVIELENS_CONFIG, UNTUNED_CONFIG):
         assert set(load_serving_config(path, Plugins()).pipelines) == set(tuned_raw["pipelines"])

@@ -311,7 +311,15 @@ def test_weighted_hybrid_prior_fades_as_evidence_grows(model) -> None:
     plain = WeightedHybrid("h", WeightedHybrid.Params(weights={"cf": 1.0}))
     assert plain.prior_share(one_context_item) == 0.0
     assert blend(plain, one_context_item) == pytest.approx([0.0, 0.5, 1.0])
-    for bad in ({"prior_weight": 1.5}, {"prior_items": 0.0}):
+    # prior_power 2: the share stays near prior_weight for the first items, then falls faster
+    squared = WeightedHybrid("h", WeightedHybrid.Params(weights={"cf": 1.0}, prior_weight=0.9, prior_items=8.0,
+                                                        prior_power=2.0))
+    assert squared.prior_share(one_context_item) == pytest.approx(0.9 * np.exp(-(1 / 8) ** 2))
+    assert squared.prior_share(one_context_item) > prior.prior_share(one_context_item)
+    assert squared.prior_share(heavy) == pytest.approx(0.9 * np.exp(-(n / 8) ** 2))
+    assert n > 8 and squared.prior_share(heavy) < prior.prior_share(heavy)
+    for bad in ({"prior_weight": 1.5}, {"prior_items": 0.0}, {"prior_power": 0.0}, {"prior_power": float("nan")},
+                {"prior_power": 9.0}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             WeightedHybrid("h", WeightedHybrid.Params(**bad)).validate()
 
