@@ -84,7 +84,10 @@ class CollaborativeConfig:
     # items no event reached have no factors of their own: `content` gives them the factors their
     # content embedding predicts (a ridge map fitted on the other items), so the CF source can
     # find and score new items; `none` leaves them at zero
-    cold_items: str = "content"
+    cold_items: str = "none"
+    # those predicted factors times this (0 to 1]: a smaller scale ranks new items as before among
+    # themselves but lets them displace fewer items with events in a user's CF list
+    cold_item_scale: float = 1.0
 
 
 @dataclass
@@ -228,6 +231,9 @@ def load_training_config(path: str | Path | None) -> TrainingConfig:
             f"{path}: training.events.unknown_event_type: {events.unknown_event_type!r} is not one "
             "of: default_weight, reject"
         )
+    if not 0 < config.collaborative.cold_item_scale <= 1:
+        raise ConfigError(f"{path}: training.collaborative.cold_item_scale: must be > 0 and <= 1, "
+                          f"got {config.collaborative.cold_item_scale!r}")
     if config.collaborative.cold_items not in COLD_ITEMS:
         raise ConfigError(f"{path}: training.collaborative.cold_items: {config.collaborative.cold_items!r} is not one "
                           f"of: {', '.join(COLD_ITEMS)}")

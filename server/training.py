@@ -103,11 +103,12 @@ def collaborative_factors(matrix: sp.csr_matrix, components: int, n_iter: int, s
 
 
 def content_mapped_factors(item_factors: np.ndarray, content: np.ndarray, cold: np.ndarray,
-                           ridge: float = 1.0) -> tuple[np.ndarray, int]:
+                           ridge: float = 1.0, scale: float = 1.0) -> tuple[np.ndarray, int]:
     """Factors for the items no event reached, whose SVD factors are all zero (so the CF source
     could never find them): each gets the factors its content embedding predicts, by a ridge
     regression from embeddings to factors fitted on the items that have both (the attribute-to-
-    feature mapping of Gantner et al., ICDM 2010). Returns the factors and how many items got them."""
+    feature mapping of Gantner et al., ICDM 2010), times `scale`. Returns the factors and how many
+    items got them."""
     has_content = np.einsum("ij,ij->i", content, content) > 0
     fit, fill = ~cold & has_content, cold & has_content
     if not fill.any() or int(fit.sum()) < content.shape[1]:
@@ -115,7 +116,7 @@ def content_mapped_factors(item_factors: np.ndarray, content: np.ndarray, cold: 
     x = content[fit].astype(np.float64)
     mapping = np.linalg.solve(x.T @ x + ridge * np.eye(x.shape[1]), x.T @ item_factors[fit].astype(np.float64))
     out = item_factors.copy()
-    out[fill] = (content[fill].astype(np.float64) @ mapping).astype(item_factors.dtype)
+    out[fill] = (scale * (content[fill].astype(np.float64) @ mapping)).astype(item_factors.dtype)
     return out, int(fill.sum())
 
 
@@ -395,7 +396,8 @@ def train(events_path: str | Path, items_path: str | Path, config: TrainingConfi
     mapped = 0
     if config.collaborative.cold_items == "content":
         with steps.step("CF factors of items without events, from their content"):
-            item_factors, mapped = content_mapped_factors(item_factors, content, np.asarray(matrix.getnnz(axis=0)) == 0)
+            item_factors, mapped = content_mapped_factors(item_factors, content, np.asarray(matrix.getnnz(axis=0)) == 0,
+                                                          scale=config.collaborative.cold_item_scale)
     with steps.step(f"FAISS indexes (cf: {indexes.resolve_factory(config.collaborative.index, n_items)}, "
                     f"content: {indexes.resolve_factory(config.content.index, n_items)})"):
         cf_index, cf_info = indexes.build_index(item_factors, config.collaborative.index, "collaborative",

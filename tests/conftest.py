@@ -23,6 +23,7 @@ def small_training_config() -> TrainingConfig:
     config = TrainingConfig()
     config.collaborative.components = 16
     config.content.dims = 24
+    config.collaborative.cold_items = "content"  # the demo's new items get CF factors from their content
     return config
 
 

@@ -235,7 +235,7 @@ def test_items_only_in_events_are_kept_with_empty_content(tmp_path: Path) -> Non
 def test_training_config_errors_name_file_and_key(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("training:\n  collaborative:\n    componentz: 3\n")
-    with pytest.raises(ConfigError, match=r"c\.yaml: training\.collaborative: unknown key 'componentz'; valid keys: cold_items, components"):
+    with pytest.raises(ConfigError, match=r"c\.yaml: training\.collaborative: unknown key 'componentz'; valid keys: cold_item_scale, cold_items, components"):
         load_training_config(path)
     path.write_text("training:\n  events:\n    unknown_event_type: ignore\n")
     with pytest.raises(ConfigError, match="not one of: default_weight, reject"):
@@ -257,6 +257,8 @@ def test_training_config_errors_name_file_and_key(tmp_path: Path) -> None:
     ("collaborative: {n_iter: -1}", "training.collaborative.n_iter: must be >= 0"),
     ("content: {max_features: 0}", "training.content.max_features: must be >= 1"),
     ("collaborative: {cold_items: popularity}", "training.collaborative.cold_items: 'popularity' is not one of: content, none"),
+    ("collaborative: {cold_item_scale: 0}", "training.collaborative.cold_item_scale: must be > 0 and <= 1, got 0"),
+    ("collaborative: {cold_item_scale: .nan}", "training.collaborative.cold_item_scale: expected a finite number, got nan"),
 ])
 def test_training_config_values_that_would_break_training_are_refused(tmp_path: Path, section: str,
                                                                         error: str) -> None:
@@ -606,7 +608,9 @@ def test_content_mapped_factors_by_hand() -> None:
 
 def test_an_item_without_events_gets_the_cf_factors_its_content_predicts(tiny: tuple[Path, Path], tmp_path: Path) -> None:
     events, items = tiny
-    manifest = train(events, items, tiny_config(), tmp_path / "model")
+    config = tiny_config()
+    config.collaborative.cold_items = "content"
+    manifest = train(events, items, config, tmp_path / "model")
     model = load_model(tmp_path / "model")
     i8 = model.item_index["i8"]  # in the catalogue, no events
     assert manifest["cf_from_content"] == 1
@@ -615,9 +619,10 @@ def test_an_item_without_events_gets_the_cf_factors_its_content_predicts(tiny: t
     mapping = np.linalg.solve(x.T @ x + np.eye(x.shape[1]), x.T @ model.item_factors[warm])
     assert model.item_factors[i8] == pytest.approx(model.item_content[i8] @ mapping, abs=1e-4)
     assert np.linalg.norm(model.item_factors[i8]) > 0.01
-    config = tiny_config()
-    config.collaborative.cold_items = "none"
-    assert train(events, items, config, tmp_path / "plain")["cf_from_content"] == 0
+    config.collaborative.cold_item_scale = 0.5
+    train(events, items, config, tmp_path / "half")
+    assert load_model(tmp_path / "half").item_factors[i8] == pytest.approx(0.5 * model.item_factors[i8], abs=1e-5)
+    assert train(events, items, tiny_config(), tmp_path / "plain")["cf_from_content"] == 0  # the default: none
     plain = load_model(tmp_path / "plain")
     assert not plain.item_factors[i8].any()
     assert np.array_equal(plain.item_factors[warm], model.item_factors[warm])  # the other items are untouched
