@@ -108,7 +108,8 @@ class FaissCF(CandidateSource):
         return ctx.model.item_factors[items] @ vector
 
     def reason(self, ctx: RequestContext, item: int, anchor: int) -> str:
-        if ctx.model.popularity[item] == 0:  # no events: its factors were predicted from its content
+        if ctx.model.popularity[item] == 0 and ctx.model.manifest.get("cf_from_content"):
+            # no events: its factors were predicted from its content (`collaborative.cold_items`)
             return "new here, and its description matches the tastes of people like you"
         return "liked by people whose tastes match yours"
 
