@@ -227,7 +227,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     print(_table(rows, ["pipeline"] + [f"{c}@{k}" for c in cols]))
     cold = report.get("cold_start_items")
     if cold and "ratio" in cold:
-        print(f"cold-start items: content recall@10 {cold['recall@10']:.4f} vs random "
+        print(f"cold-start items: {cold['pipeline']} recall@10 {cold['recall@10']:.4f} vs random "
               f"{cold['random_recall@10']:.4f} ({cold['ratio']:.1f}x) over {cold['held_out_items']} held-out items")
     print(f"evaluated in {report['seconds']} s; reports: {', '.join(str(p) for p in paths.values())}")
     return 0
@@ -251,7 +251,7 @@ def _print_seed_summary(summary: dict) -> None:
               f"ndcg@10 {percent_range(ndcg_change)}, {mmr['diversity']} {percent_range(diversity_change)}")
     cold = summary.get("cold_start_items")
     if cold:
-        print(f"cold-start items: content recall@10 {cold['ratio']['mean']:.1f}x random "
+        print(f"cold-start items: recall@10 {cold['ratio']['mean']:.1f}x random "
               f"({cold['ratio']['min']:.1f}x-{cold['ratio']['max']:.1f}x)")
 
 
